@@ -1,0 +1,48 @@
+# Developer entry points for the Workflow reconciler.
+#
+#   make test   - install into $(VENV) if needed, then lint, type-check and run the tests
+#   make demo   - run the reconciler against examples-repo/
+#   make lint   - ruff + mypy + import-linter only
+#   make fmt    - format and auto-fix
+#   make clean  - remove the venv and caches
+
+PYTHON ?= python3
+VENV ?= .venv
+
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := test
+
+.PHONY: demo test lint fmt clean
+
+# (Re)install whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+# For now this validates the example manifests; later it will start the daemon.
+demo: $(STAMP)
+	$(VENV)/bin/reconciler validate examples-repo/
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict reconciler
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict reconciler
+	$(VENV)/bin/lint-imports
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache \
+		build dist *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
