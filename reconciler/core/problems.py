@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Loc = tuple[str | int, ...]
+from reconciler.core.yamldocs import Loc
+
 Severity = Literal["error", "note"]
 
 

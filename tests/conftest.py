@@ -1,0 +1,16 @@
+"""Shared fixtures: paths to the project's example and golden manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+EXAMPLES_REPO = PROJECT / "examples-repo"
+GOLDEN = Path(__file__).resolve().parent / "core" / "golden"
+
+
+@pytest.fixture
+def examples_repo() -> Path:
+    return EXAMPLES_REPO
