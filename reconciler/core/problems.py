@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.core.yamldocs import Loc
+from reconciler.core.yamldocs import Loc as Loc  # re-exported: findings are located by it
 
 Severity = Literal["error", "note"]
 
