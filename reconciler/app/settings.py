@@ -1,0 +1,101 @@
+"""The daemon's settings: flags over ``RECONCILER_*`` environment variables over a config file.
+
+Every command that touches a backend reads them the same way. Credentials
+(``RECONCILER_GIT_TOKEN``, key files) come from the environment or files,
+never from flags, so they stay out of process lists and shell history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "RECONCILER_"
+
+
+class SettingsError(Exception):
+    """Settings that do not validate; the message names the setting and its origin."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo: str | None = Field(default=None, description="git URL, local repository or directory")
+    branch: str = "main"
+    path: str = Field(default="", description="directory of the manifests inside the repository")
+    state_dir: Path = Path(".reconciler-state")
+    backend: Literal["local"] = "local"
+    owner: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="this reconciler's inventory name; distinct per reconciler on a backend",
+    )
+    interval: float = Field(default=60.0, gt=0)
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    watch: bool = False
+    allow_prune: bool = False
+    max_deletion_share: float = Field(default=0.5, gt=0, le=1)
+    max_deletions: int | None = Field(default=None, ge=0)
+    git_token: str | None = Field(default=None, repr=False)
+    git_token_file: Path | None = None
+    git_username: str | None = None
+    ssh_key_file: Path | None = None
+    known_hosts_file: Path | None = None
+    insecure_skip_host_key_check: bool = False
+    git_timeout: float = Field(default=60.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def token(self) -> str | None:
+        if self.git_token:
+            return self.git_token
+        if self.git_token_file is not None:
+            return self.git_token_file.read_text().strip()
+        return None
+
+
+def load_settings(
+    flags: Mapping[str, Any], *, environ: Mapping[str, str], config_file: Path | None = None
+) -> Settings:
+    """Merge the three origins (flags win) and validate."""
+    origin: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    file = config_file or (
+        Path(environ[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in environ else None
+    )
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read config file {file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {file} must be a mapping of settings")
+        for key, value in loaded.items():
+            name = str(key).replace("-", "_")
+            values[name] = value
+            origin[name] = f"config file {file}"
+    for name in Settings.model_fields:
+        env_name = f"{ENV_PREFIX}{name.upper()}"
+        if env_name in environ:
+            values[name] = environ[env_name]
+            origin[name] = f"environment variable {env_name}"
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = value
+            origin[name] = f"--{name.replace('_', '-')}"
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            where = origin.get(name, "default")
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = f"unknown setting; known: {', '.join(Settings.model_fields)}"
+            lines.append(f"setting {name!r} ({where}): {message}")
+        raise SettingsError("\n".join(lines)) from exc

@@ -1,0 +1,262 @@
+"""One reconcile pass: source -> load -> plan -> apply -> record, as a short list of phases.
+
+``Syncer.sync`` is what ``reconciler sync`` runs once and the daemon runs on
+every tick. A pass whose revision equals the last completed one does nothing
+at all (one remote lookup, no parse, no write). Files are parsed again only
+when their blob id changed (a cache keyed by blob id, path, workspace and
+variables). Each workflow is applied on its own: one failure never stops the
+others, and transient failures are retried with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from reconciler.core.backoffs import Backoff
+from reconciler.core.loading import (
+    FileLoad,
+    ManifestSet,
+    combine_files,
+    load_manifest_file,
+    load_repo_config,
+)
+from reconciler.core.names import Revision, WorkflowKey
+from reconciler.core.planning import Action, DeletionPolicy, Plan, allows_prune, make_plan
+from reconciler.core.problems import Problem
+from reconciler.core.repoconfigs import CONFIG_FILE, RepoConfig
+from reconciler.core.syncs import SyncRecord, SyncResult
+from reconciler.core.variables import merge_variables
+from reconciler.core.workflows import DesiredWorkflow, WorkflowApply
+from reconciler.ports import Backend, Clock, ReconcilerError, Snapshot, Source, TransientError
+
+log = logging.getLogger(__name__)
+
+_CacheKey = tuple[str, str, str, tuple[tuple[str, str], ...], int]
+
+
+@dataclass
+class SyncOutcome:
+    """What a pass did; ``record`` is None for a pass that found nothing new."""
+
+    revision: Revision | None
+    result: SyncResult
+    plan: Plan | None = None
+    record: SyncRecord | None = None
+    errors: list[Problem] = field(default_factory=list)
+    failures: dict[WorkflowKey, str] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("succeeded", "unchanged")
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    owner: str
+    policy: DeletionPolicy = field(default_factory=DeletionPolicy)
+    backoff: Backoff = field(default_factory=Backoff)
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedSource:
+    """A snapshot read and validated: the desired set and everything wrong with it."""
+
+    snapshot: Snapshot
+    config: RepoConfig
+    manifests: ManifestSet
+    errors: tuple[Problem, ...]
+    desired: dict[WorkflowKey, DesiredWorkflow]
+
+
+class Syncer:
+    """Keeps a backend equal to a source, one pass at a time."""
+
+    def __init__(
+        self,
+        source: Source,
+        backend: Backend,
+        *,
+        clock: Clock,
+        options: SyncOptions,
+        sleep: Callable[[float], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.source = source
+        self.backend = backend
+        self.clock = clock
+        self.options = options
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.parses = 0  # files parsed since start (the blob cache avoids most)
+        self._cache: dict[_CacheKey, FileLoad] = {}
+        self._done_revision: Revision | None = None
+        last = backend.last_sync()
+        if last is not None and last.result == "succeeded" and last.revision:
+            self._done_revision = last.revision
+
+    # -- phases --------------------------------------------------------------
+
+    def sync(self, *, force: bool = False, allow_prune: bool = False) -> SyncOutcome:
+        """One pass. ``force`` re-plans even when the revision is unchanged."""
+        started = self.clock.now()
+        try:
+            revision = self.source.latest_revision()
+        except ReconcilerError as exc:
+            return self._failed(started, None, f"source unavailable: {exc}")
+        if revision == self._done_revision and not force:
+            return SyncOutcome(revision, "unchanged")
+        try:
+            loaded = self.load(revision)
+            previous = self._done_revision
+            commits = self.source.commits_between(previous, revision) if previous else []
+        except ReconcilerError as exc:
+            return self._failed(started, revision, f"cannot read revision {revision}: {exc}")
+        prune = allow_prune or self.options.policy.allow_prune
+        prune = prune or allows_prune([c.message for c in commits])
+        applied = self.backend.applied_workflows(owner=self.options.owner)
+        plan = make_plan(
+            loaded.desired,
+            applied,
+            complete=not loaded.errors,
+            failed_paths=frozenset(e.path for e in loaded.errors),
+            policy=DeletionPolicy(
+                max_share=self.options.policy.max_share,
+                min_count_for_share=self.options.policy.min_count_for_share,
+                max_count=self.options.policy.max_count,
+                allow_prune=prune,
+            ),
+        )
+        failures, transient = self.apply(plan, revision)
+        return self._finish(started, revision, loaded, plan, failures, transient=transient)
+
+    def load(self, revision: Revision) -> LoadedSource:
+        """Read the snapshot and validate every manifest, parsing only changed blobs."""
+        snapshot = self.source.snapshot(revision)
+        config_blob = snapshot.files.get(CONFIG_FILE)
+        config_bytes = self.source.read_blobs([config_blob])[config_blob] if config_blob else None
+        config, config_errors = load_repo_config(config_bytes)
+        variables = merge_variables(config.variables, self.options.environ)
+        variables_key = tuple(sorted(variables.items()))
+        wanted: dict[str, _CacheKey] = {}
+        for path, blob in snapshot.files.items():
+            if config.is_manifest_path(path):
+                workspace = config.workspaces.workspace_for(path)
+                wanted[path] = (
+                    blob,
+                    path,
+                    workspace,
+                    variables_key,
+                    config.limits.max_manifest_bytes,
+                )
+        missing = {key for key in wanted.values() if key not in self._cache}
+        contents = self.source.read_blobs({key[0] for key in missing}) if missing else {}
+        for key in missing:
+            blob, path, workspace, _, max_bytes = key
+            self.parses += 1
+            self._cache[key] = load_manifest_file(
+                path, contents[blob], workspace=workspace, variables=variables, max_bytes=max_bytes
+            )
+        self._cache = {key: self._cache[key] for key in wanted.values()}
+        manifests = combine_files(self._cache[wanted[path]] for path in sorted(wanted))
+        errors = (*config_errors, *snapshot.problems, *manifests.errors)
+        desired = {
+            key: DesiredWorkflow.from_manifest(w.manifest, workspace=w.workspace, path=w.path)
+            for key, w in manifests.workflows.items()
+        }
+        return LoadedSource(snapshot, config, manifests, tuple(errors), desired)
+
+    def apply(self, plan: Plan, revision: Revision) -> tuple[dict[WorkflowKey, str], bool]:
+        """Apply each action on its own; return failures by workflow, and if any was transient."""
+        failures: dict[WorkflowKey, str] = {}
+        transient = False
+        for action in plan.actions:
+            error = self._apply_one(action, revision)
+            if error is not None:
+                failures[action.key] = str(error)
+                transient = transient or isinstance(error, TransientError)
+                log.warning("apply failed", extra={"workflow": action.key, "action": action.kind})
+        return failures, transient
+
+    def _apply_one(self, action: Action, revision: Revision) -> ReconcilerError | None:
+        attempt = 0
+        while True:
+            try:
+                if action.kind == "delete":
+                    self.backend.delete_workflow(action.key, owner=self.options.owner)
+                else:
+                    assert action.desired is not None
+                    self.backend.apply_workflow(
+                        WorkflowApply(
+                            action.desired,
+                            source=self.source.display_url,
+                            revision=revision,
+                            owner=self.options.owner,
+                        )
+                    )
+                return None
+            except TransientError as exc:
+                if not self.options.backoff.should_retry(attempt):
+                    return exc
+                self.sleep(self.options.backoff.delay(attempt, spread=self.rng.random()))
+                attempt += 1
+            except ReconcilerError as exc:
+                return exc
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _finish(
+        self,
+        started: datetime,
+        revision: Revision,
+        loaded: LoadedSource,
+        plan: Plan,
+        failures: dict[WorkflowKey, str],
+        *,
+        transient: bool,
+    ) -> SyncOutcome:
+        result: SyncResult
+        if loaded.errors or failures:
+            result = "failed"
+            message = f"{len(loaded.errors)} manifest error(s), {len(failures)} apply failure(s)"
+        elif plan.holds:
+            result = "blocked"
+            message = "; ".join(h.message for h in plan.holds)
+        else:
+            result = "succeeded"
+            message = ""
+        record = SyncRecord(
+            started_at=started,
+            finished_at=self.clock.now(),
+            revision=revision,
+            result=result,
+            summary=plan.summary(),
+            plan=[a.as_dict() for a in plan.actions]
+            + [{**a.as_dict(), "action": "held-delete"} for a in plan.held_deletes]
+            + [{**a.as_dict(), "action": "kept-invalid"} for a in plan.kept_invalid],
+            errors=[p.as_dict() for p in loaded.errors]
+            + [{"workflow": k, "message": v} for k, v in failures.items()],
+            message=message,
+        )
+        self.backend.record_sync(record)
+        if not transient:
+            self._done_revision = revision
+        return SyncOutcome(revision, result, plan, record, list(loaded.errors), failures, message)
+
+    def _failed(self, started: datetime, revision: Revision | None, message: str) -> SyncOutcome:
+        record = SyncRecord(
+            started_at=started,
+            finished_at=self.clock.now(),
+            revision=revision,
+            result="failed",
+            message=message,
+        )
+        last = self.backend.last_sync()
+        if last is None or (last.result, last.message) != ("failed", message):
+            self.backend.record_sync(record)  # one record per distinct outage, not per tick
+        return SyncOutcome(revision, "failed", record=record, message=message)
