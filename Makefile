@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e '.[dev]'
 	touch $@
 
-# For now this validates the example manifests; later it will start the daemon.
+# Validate the examples, then run the daemon on them with the local backend;
+# edit a file under examples-repo/ and watch it reconcile. Ctrl-C stops it.
 demo: $(STAMP)
 	$(VENV)/bin/reconciler validate examples-repo/
+	$(VENV)/bin/reconciler daemon --repo examples-repo --watch --state-dir .demo-state
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

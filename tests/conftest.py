@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.sshservers"]  # the sshd fixture, for git over ssh
+
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLES_REPO = PROJECT / "examples-repo"
 GOLDEN = Path(__file__).resolve().parent / "core" / "golden"

@@ -759,3 +759,44 @@ def _host_of(remote: _Remote) -> str:
         netloc = urlsplit(remote.git_url).netloc
         return netloc.rpartition("@")[2] or remote.display_url
     return remote.git_url.split(":", 1)[0].rpartition("@")[2]
+
+
+class RepositoryReader(GitSource):
+    """Any revision of a local repository, read in place: for ``plan`` in CI checkouts.
+
+    It reads the repository's own object database (no mirror, no fetch), so
+    a pull request's head, ``origin/main`` or a tag all work as revisions.
+    """
+
+    def __init__(self, repository: Path, *, path: str = "") -> None:
+        git_dir = _absolute_git_dir(repository)
+        super().__init__(str(repository.resolve()), path=path, cache_dir=git_dir.parent)
+        self._mirror_dir = git_dir
+
+    def resolve(self, revision: str) -> Revision:
+        """The commit id a revision name (branch, tag, ``HEAD~1``, id) points to."""
+        if revision.startswith("-"):
+            raise SourceRefError(f"{revision!r} is not a revision name")
+        with self._lock:
+            status, out = self._run_local(
+                "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", ok=(0, 1)
+            )
+        if status != 0:
+            raise SourceRefError(
+                f"revision {revision!r} is not in {self.display_url}; fetch it first "
+                "(in CI: a checkout with fetch-depth 0)"
+            )
+        return Revision(out.decode("ascii").strip())
+
+    def _fetch(self) -> None:
+        raise SourceRefError(f"the revision is not in the repository {self.display_url}")
+
+
+def _absolute_git_dir(repository: Path) -> Path:
+    try:
+        out = Git(str(repository)).execute(
+            ["git", "rev-parse", "--absolute-git-dir"], with_extended_output=False
+        )
+    except (OSError, GitError) as exc:
+        raise SourceRefError(f"{repository} is not a git repository") from exc
+    return Path(str(out).strip())

@@ -33,7 +33,8 @@ from reconciler.core.workflows import AppliedWorkflow
 from reconciler.ports import ReconcilerError
 
 stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+# Off a terminal (pipes, CI logs) tables keep their full width instead of 80 columns.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -312,6 +313,76 @@ def get(name: str | None, workspace: str, all_workspaces: bool, output: str, **f
             f"revision {(last.revision or '?')[:12]}"
             + (f" ({last.message})" if last.message else "")
         )
+
+
+@cli.command()
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=".",
+    show_default=True,
+    help="Local git repository (a checkout).",
+)
+@click.option(
+    "--path", "path", default="", help="Directory of the manifests inside the repository."
+)
+@click.option(
+    "--head", default="HEAD", show_default=True, help="Revision to plan (the pull request)."
+)
+@click.option(
+    "--base",
+    help="Revision to compare with (the target branch); default: the applied state.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["markdown", "json", "text"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--allow-prune", is_flag=True, help="Plan as if the max-deletions guard were overridden."
+)
+@settings_options
+def plan(
+    repository: Path,
+    path: str,
+    head: str,
+    base: str | None,
+    output_format: str,
+    allow_prune: bool,
+    **flags: Any,
+) -> None:
+    """Show what merging HEAD would do: creates, updates (field by field), moves, deletes.
+
+    Exit codes: 0 no change, 2 changes, 1 invalid manifests.
+    """
+    from reconciler.app.reviewing import review_change
+    from reconciler.core.planreports import render_markdown, render_text, report_as_dict
+
+    settings = resolve_settings(allow_prune=allow_prune or None, **flags)
+    try:
+        report = review_change(
+            repository,
+            head=head,
+            base=base,
+            path=path,
+            backend=None if base is not None else build_store(settings),
+            owner=settings.owner,
+            policy=deletion_policy(settings),
+            environ=os.environ,
+            now=SystemClock().now(),
+        )
+    except (ReconcilerError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output_format == "markdown":
+        click.echo(render_markdown(report), nl=False)
+    elif output_format == "json":
+        click.echo(json.dumps(report_as_dict(report), indent=2))
+    else:
+        click.echo(render_text(report), nl=False)
+    sys.exit(report.exit_code)
 
 
 def main() -> None:

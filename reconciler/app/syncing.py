@@ -74,66 +74,14 @@ class LoadedSource:
     desired: dict[WorkflowKey, DesiredWorkflow]
 
 
-class Syncer:
-    """Keeps a backend equal to a source, one pass at a time."""
+class SourceLoader:
+    """Reads snapshots of a source and validates them, parsing only blobs not seen before."""
 
-    def __init__(
-        self,
-        source: Source,
-        backend: Backend,
-        *,
-        clock: Clock,
-        options: SyncOptions,
-        sleep: Callable[[float], None],
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, source: Source, *, environ: Mapping[str, str]) -> None:
         self.source = source
-        self.backend = backend
-        self.clock = clock
-        self.options = options
-        self.sleep = sleep
-        self.rng = rng or random.Random()
-        self.parses = 0  # files parsed since start (the blob cache avoids most)
+        self.environ = environ
+        self.parses = 0
         self._cache: dict[_CacheKey, FileLoad] = {}
-        self._done_revision: Revision | None = None
-        last = backend.last_sync()
-        if last is not None and last.result == "succeeded" and last.revision:
-            self._done_revision = last.revision
-
-    # -- phases --------------------------------------------------------------
-
-    def sync(self, *, force: bool = False, allow_prune: bool = False) -> SyncOutcome:
-        """One pass. ``force`` re-plans even when the revision is unchanged."""
-        started = self.clock.now()
-        try:
-            revision = self.source.latest_revision()
-        except ReconcilerError as exc:
-            return self._failed(started, None, f"source unavailable: {exc}")
-        if revision == self._done_revision and not force:
-            return SyncOutcome(revision, "unchanged")
-        try:
-            loaded = self.load(revision)
-            previous = self._done_revision
-            commits = self.source.commits_between(previous, revision) if previous else []
-        except ReconcilerError as exc:
-            return self._failed(started, revision, f"cannot read revision {revision}: {exc}")
-        prune = allow_prune or self.options.policy.allow_prune
-        prune = prune or allows_prune([c.message for c in commits])
-        applied = self.backend.applied_workflows(owner=self.options.owner)
-        plan = make_plan(
-            loaded.desired,
-            applied,
-            complete=not loaded.errors,
-            failed_paths=frozenset(e.path for e in loaded.errors),
-            policy=DeletionPolicy(
-                max_share=self.options.policy.max_share,
-                min_count_for_share=self.options.policy.min_count_for_share,
-                max_count=self.options.policy.max_count,
-                allow_prune=prune,
-            ),
-        )
-        failures, transient = self.apply(plan, revision)
-        return self._finish(started, revision, loaded, plan, failures, transient=transient)
 
     def load(self, revision: Revision) -> LoadedSource:
         """Read the snapshot and validate every manifest, parsing only changed blobs."""
@@ -141,7 +89,7 @@ class Syncer:
         config_blob = snapshot.files.get(CONFIG_FILE)
         config_bytes = self.source.read_blobs([config_blob])[config_blob] if config_blob else None
         config, config_errors = load_repo_config(config_bytes)
-        variables = merge_variables(config.variables, self.options.environ)
+        variables = merge_variables(config.variables, self.environ)
         variables_key = tuple(sorted(variables.items()))
         wanted: dict[str, _CacheKey] = {}
         for path, blob in snapshot.files.items():
@@ -170,6 +118,72 @@ class Syncer:
             for key, w in manifests.workflows.items()
         }
         return LoadedSource(snapshot, config, manifests, tuple(errors), desired)
+
+
+class Syncer:
+    """Keeps a backend equal to a source, one pass at a time."""
+
+    def __init__(
+        self,
+        source: Source,
+        backend: Backend,
+        *,
+        clock: Clock,
+        options: SyncOptions,
+        sleep: Callable[[float], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.source = source
+        self.backend = backend
+        self.clock = clock
+        self.options = options
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.loader = SourceLoader(source, environ=options.environ)
+        self._done_revision: Revision | None = None
+        last = backend.last_sync()
+        if last is not None and last.result == "succeeded" and last.revision:
+            self._done_revision = last.revision
+
+    @property
+    def parses(self) -> int:
+        """Files parsed since start (the blob cache avoids most)."""
+        return self.loader.parses
+
+    # -- phases --------------------------------------------------------------
+
+    def sync(self, *, force: bool = False, allow_prune: bool = False) -> SyncOutcome:
+        """One pass. ``force`` re-plans even when the revision is unchanged."""
+        started = self.clock.now()
+        try:
+            revision = self.source.latest_revision()
+        except ReconcilerError as exc:
+            return self._failed(started, None, f"source unavailable: {exc}")
+        if revision == self._done_revision and not force:
+            return SyncOutcome(revision, "unchanged")
+        try:
+            loaded = self.loader.load(revision)
+            previous = self._done_revision
+            commits = self.source.commits_between(previous, revision) if previous else []
+        except ReconcilerError as exc:
+            return self._failed(started, revision, f"cannot read revision {revision}: {exc}")
+        prune = allow_prune or self.options.policy.allow_prune
+        prune = prune or allows_prune([c.message for c in commits])
+        applied = self.backend.applied_workflows(owner=self.options.owner)
+        plan = make_plan(
+            loaded.desired,
+            applied,
+            complete=not loaded.errors,
+            failed_paths=frozenset(e.path for e in loaded.errors),
+            policy=DeletionPolicy(
+                max_share=self.options.policy.max_share,
+                min_count_for_share=self.options.policy.min_count_for_share,
+                max_count=self.options.policy.max_count,
+                allow_prune=prune,
+            ),
+        )
+        failures, transient = self.apply(plan, revision)
+        return self._finish(started, revision, loaded, plan, failures, transient=transient)
 
     def apply(self, plan: Plan, revision: Revision) -> tuple[dict[WorkflowKey, str], bool]:
         """Apply each action on its own; return failures by workflow, and if any was transient."""

@@ -233,7 +233,11 @@ def diff_specs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[FieldChan
     for report, items in diff.items():
         for item in items:
             path = _render_path(item.path(output_format="list"))
-            if report in ("values_changed", "type_changes"):
+            if report in ("values_changed", "type_changes") and item.t1 is None:
+                changes.append(FieldChange(path, "added", None, item.t2))
+            elif report in ("values_changed", "type_changes") and item.t2 is None:
+                changes.append(FieldChange(path, "removed", item.t1, None))
+            elif report in ("values_changed", "type_changes"):
                 changes.append(FieldChange(path, "changed", item.t1, item.t2))
             elif report in ("dictionary_item_added", "iterable_item_added"):
                 changes.append(FieldChange(path, "added", None, item.t2))

@@ -28,7 +28,7 @@ from reconciler.adapters.gitsource import (
 from reconciler.core.names import Revision
 from reconciler.core.problems import Problem
 from reconciler.ports import CommitInfo, Snapshot, TransientError
-from tests.adapters.conftest import SshServer
+from tests.sshservers import SshServer
 
 AUTHOR = "Test Author <author@example.test>"
 
