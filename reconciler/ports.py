@@ -9,7 +9,7 @@ or ``TerminalError`` (report and stall); no library exception crosses a port.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -110,6 +110,10 @@ class Backend(Protocol):
 
     def apply_workflow(self, request: WorkflowApply) -> AppliedWorkflow:
         """Create or update; idempotent for the same spec hash and path."""
+        ...
+
+    def apply_many(self, requests: Sequence[WorkflowApply]) -> list[AppliedWorkflow]:
+        """Apply all requests, or none of them (raising) when any fails."""
         ...
 
     def delete_workflow(self, key: WorkflowKey, *, owner: str) -> None:

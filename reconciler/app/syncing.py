@@ -186,10 +186,23 @@ class Syncer:
         return self._finish(started, revision, loaded, plan, failures, transient=transient)
 
     def apply(self, plan: Plan, revision: Revision) -> tuple[dict[WorkflowKey, str], bool]:
-        """Apply each action on its own; return failures by workflow, and if any was transient."""
+        """Apply the plan; return failures by workflow, and whether any was transient.
+
+        Creates, updates and moves go to the backend as one batch first (one
+        transaction on SQLite). If the batch fails, each action is applied on
+        its own, so one bad workflow never stops the others.
+        """
         failures: dict[WorkflowKey, str] = {}
         transient = False
-        for action in plan.actions:
+        pending = list(plan.actions)
+        batch = [a for a in pending if a.kind != "delete"]
+        if len(batch) > 1:
+            try:
+                self.backend.apply_many([self._request(a, revision) for a in batch])
+                pending = [a for a in pending if a.kind == "delete"]
+            except ReconcilerError as exc:
+                log.info("batch apply failed (%s); applying one by one", exc)
+        for action in pending:
             error = self._apply_one(action, revision)
             if error is not None:
                 failures[action.key] = str(error)
@@ -204,15 +217,7 @@ class Syncer:
                 if action.kind == "delete":
                     self.backend.delete_workflow(action.key, owner=self.options.owner)
                 else:
-                    assert action.desired is not None
-                    self.backend.apply_workflow(
-                        WorkflowApply(
-                            action.desired,
-                            source=self.source.display_url,
-                            revision=revision,
-                            owner=self.options.owner,
-                        )
-                    )
+                    self.backend.apply_workflow(self._request(action, revision))
                 return None
             except TransientError as exc:
                 if not self.options.backoff.should_retry(attempt):
@@ -221,6 +226,16 @@ class Syncer:
                 attempt += 1
             except ReconcilerError as exc:
                 return exc
+
+    def _request(self, action: Action, revision: Revision) -> WorkflowApply:
+        if action.desired is None:
+            raise ValueError(f"a {action.kind} action has no desired workflow")
+        return WorkflowApply(
+            action.desired,
+            source=self.source.display_url,
+            revision=revision,
+            owner=self.options.owner,
+        )
 
     # -- bookkeeping ---------------------------------------------------------
 

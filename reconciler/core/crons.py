@@ -7,6 +7,8 @@ of the ``@yearly``-style macros. Seconds fields, ``@reboot`` and inline
 
 from __future__ import annotations
 
+import functools
+
 from croniter import croniter
 
 MACROS = {
@@ -26,8 +28,12 @@ def expand_cron(expression: str) -> str:
     return MACROS.get(text, text)
 
 
+@functools.lru_cache(maxsize=4096)
 def check_cron(expression: str) -> str | None:
-    """Return None when the expression is a valid schedule, else what is wrong."""
+    """Return None when the expression is a valid schedule, else what is wrong.
+
+    Cached: croniter's parser is slow and a repository repeats its schedules.
+    """
     text = " ".join(expression.split())
     if not text:
         return "empty cron expression; use five fields such as '0 2 * * *'"

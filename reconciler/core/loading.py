@@ -81,7 +81,7 @@ def load_manifest_file(
     workflows: list[LoadedWorkflow] = []
     errors: list[Problem] = []
     for document in loaded.documents:
-        manifest, findings = validate_document(document, variables)
+        manifest, findings = validate_document(document, variables, substitute=b"$" in data)
         errors += [_place(path, document, f) for f in findings]
         if manifest is not None:
             workflows.append(
@@ -98,17 +98,22 @@ def load_manifest_file(
 
 
 def validate_document(
-    document: YamlDocument, variables: Mapping[str, str]
+    document: YamlDocument, variables: Mapping[str, str], *, substitute: bool = True
 ) -> tuple[Workflow | None, list[Finding]]:
-    """A Workflow when the document is valid; otherwise every finding."""
+    """A Workflow when the document is valid; otherwise every finding.
+
+    ``substitute=False`` skips the ``${NAME}`` pass (the file holds no ``$``).
+    """
     if not isinstance(document.data, dict):
         kind = type(document.data).__name__
         return None, [
             Finding((), f"a manifest is a mapping with version, name, type and spec, not a {kind}")
         ]
-    data, findings = substitute_variables(document.data, variables)
-    if findings:
-        return None, findings
+    data = document.data
+    if substitute:
+        data, findings = substitute_variables(data, variables)
+        if findings:
+            return None, findings
     try:
         manifest = Workflow.model_validate(data, context={"defer_semantics": True})
     except ValidationError as exc:
