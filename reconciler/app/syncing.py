@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from reconciler.core.backoffs import Backoff
 from reconciler.core.loading import (
@@ -72,6 +73,22 @@ class LoadedSource:
     manifests: ManifestSet
     errors: tuple[Problem, ...]
     desired: dict[WorkflowKey, DesiredWorkflow]
+    changed_paths: tuple[str, ...] | None  # vs the snapshot loaded before; None for the first
+
+    def source_info(self, *, limit: int = 200) -> dict[str, Any]:
+        """The commit and the changed paths, as a sync record keeps them."""
+        commit = self.snapshot.commit
+        info: dict[str, Any] = {"revision": self.snapshot.revision}
+        if commit is not None:
+            info |= {
+                "author": commit.author,
+                "message": commit.message,
+                "committed_at": commit.committed_at.isoformat(),
+            }
+        if self.changed_paths is not None:
+            info["changed_paths"] = list(self.changed_paths[:limit])
+            info["changed_count"] = len(self.changed_paths)
+        return info
 
 
 class SourceLoader:
@@ -82,6 +99,7 @@ class SourceLoader:
         self.environ = environ
         self.parses = 0
         self._cache: dict[_CacheKey, FileLoad] = {}
+        self._previous_files: Mapping[str, str] | None = None
 
     def load(self, revision: Revision) -> LoadedSource:
         """Read the snapshot and validate every manifest, parsing only changed blobs."""
@@ -117,7 +135,14 @@ class SourceLoader:
             key: DesiredWorkflow.from_manifest(w.manifest, workspace=w.workspace, path=w.path)
             for key, w in manifests.workflows.items()
         }
-        return LoadedSource(snapshot, config, manifests, tuple(errors), desired)
+        changed = None
+        if self._previous_files is not None:
+            before, after = self._previous_files, snapshot.files
+            changed = tuple(
+                sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+            )
+        self._previous_files = snapshot.files
+        return LoadedSource(snapshot, config, manifests, tuple(errors), desired, changed)
 
 
 class Syncer:
@@ -271,6 +296,7 @@ class Syncer:
             errors=[p.as_dict() for p in loaded.errors]
             + [{"workflow": k, "message": v} for k, v in failures.items()],
             message=message,
+            source=loaded.source_info(),
         )
         self.backend.record_sync(record)
         if not transient:

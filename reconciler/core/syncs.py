@@ -23,6 +23,8 @@ class SyncRecord:
     plan: list[dict[str, Any]] = field(default_factory=list)  # the actions, as plain data
     errors: list[dict[str, Any]] = field(default_factory=list)  # problems, per file
     message: str = ""  # why a pass failed or was blocked, for people
+    # the commit read (revision, author, message, committed_at) and the paths that changed
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def duration_seconds(self) -> float:

@@ -276,3 +276,50 @@ def test_two_owners_never_touch_each_other(world: World) -> None:
     assert set(outcome.failures) == EXAMPLES
     assert all("owner" in message for message in outcome.failures.values())
     assert set(world.applied()) == EXAMPLES
+
+
+def test_sync_record_names_the_commit_and_changed_paths(world: World) -> None:
+    world.remote.copy_examples()
+    world.syncer.sync()
+    text = world.remote.read("workflows/daily-report.yaml")
+    world.remote.write("workflows/daily-report.yaml", text.replace("500m", "600m"))
+    world.remote.write("README.md", "notes\n")
+    revision = world.remote.commit("Tune the report\n\nMore CPU for month end.")
+    world.syncer.sync()
+    last = world.store.last_sync()
+    assert last is not None
+    assert last.source["revision"] == revision
+    assert last.source["author"] == "Test Author <author@example.com>"
+    assert last.source["message"] == "Tune the report\n\nMore CPU for month end."
+    assert last.source["changed_paths"] == ["README.md", "workflows/daily-report.yaml"]
+    assert last.duration_seconds > 0
+
+
+def test_transient_backend_error_is_retried_with_backoff(world: World) -> None:
+    """A real lock on the SQLite file: the first tries fail, the lock goes away during backoff."""
+    import sqlite3
+
+    world.remote.copy_examples()
+    store = LocalStore(world.root / "state", clock=world.clock, busy_timeout_ms=10)
+    syncer = Syncer(
+        world.source,
+        store,
+        clock=world.clock,
+        options=SyncOptions(owner="default"),
+        sleep=lambda seconds: release(seconds),
+    )
+    blocker = sqlite3.connect(world.root / "state" / "state.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    delays: list[float] = []
+
+    def release(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 2:
+            blocker.execute("ROLLBACK")
+
+    outcome = syncer.sync()
+    blocker.close()
+    assert outcome.result == "succeeded", (outcome.failures, outcome.message)
+    assert len(store.applied_workflows(owner="default")) == 4
+    assert len(delays) >= 2
+    assert delays[1] > delays[0] * 1.2  # exponential, with jitter of at most ±20 %

@@ -81,6 +81,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE syncs ADD COLUMN source_json TEXT NOT NULL DEFAULT '{}';
+        """,
+    ),
 ]
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -92,7 +98,8 @@ _WORKFLOW_COLUMNS = (
     "suspended, created_at, updated_at, deleted_at"
 )
 _SYNC_COLUMNS = (
-    "id, started_at, finished_at, revision, result, summary_json, plan_json, errors_json, message"
+    "id, started_at, finished_at, revision, result, summary_json, plan_json, errors_json, "
+    "message, source_json"
 )
 _SYNC_RESULTS: frozenset[str] = frozenset(get_args(SyncResult))
 
@@ -284,11 +291,13 @@ class LocalStore:
             _dump_json(record.plan, what="sync plan"),
             _dump_json(record.errors, what="sync errors"),
             record.message,
+            _dump_json(record.source, what="sync source"),
         )
         with self._lock, self._sqlite_errors("record a sync"), self._transaction() as txn:
             txn.write(
                 "INSERT INTO syncs (started_at, finished_at, revision, result, summary_json, "
-                "plan_json, errors_json, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "plan_json, errors_json, message, source_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
             txn.write(
@@ -616,6 +625,7 @@ class LocalStore:
             plan=_load_json(row["plan_json"], what=f"plan of {what}"),
             errors=_load_json(row["errors_json"], what=f"errors of {what}"),
             message=row["message"],
+            source=_load_json(row["source_json"], what=f"source of {what}"),
         )
 
 
