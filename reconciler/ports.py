@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from reconciler.core.names import Revision, WorkflowKey
+from reconciler.core.names import Revision, RunId, WorkflowKey
 from reconciler.core.problems import Problem
+from reconciler.core.projections import StepEnvironment
+from reconciler.core.runs import Run, RunState
+from reconciler.core.slots import Ledger
 from reconciler.core.syncs import SyncRecord
-from reconciler.core.workflows import AppliedWorkflow, WorkflowApply
+from reconciler.core.workflows import AppliedWorkflow, WorkflowApply, WorkflowState
 
 
 class ReconcilerError(Exception):
@@ -123,3 +126,97 @@ class Backend(Protocol):
     def record_sync(self, record: SyncRecord) -> None: ...
 
     def last_sync(self) -> SyncRecord | None: ...
+
+
+@dataclass(frozen=True)
+class StepLaunch:
+    """Everything a backend needs to start one step of one run."""
+
+    run: Run
+    step: str
+    environment: StepEnvironment
+    defaults: Mapping[str, str]  # the run's default projection values for this step
+
+
+@dataclass(frozen=True)
+class StepResult:
+    workspace: str
+    run_id: RunId
+    step: str
+    exit_code: int | None  # None when it never ran or was lost
+    reason: str  # empty for a clean exit
+    finished_at: datetime
+
+
+class StepRunner(Protocol):
+    """Where steps run: local processes, or Kubernetes Jobs."""
+
+    def start(self, launch: StepLaunch) -> int | None:
+        """Start a step; return its local pid when there is one. TerminalError: cannot start."""
+        ...
+
+    def stop(self, workspace: str, run_id: str, step: str) -> None:
+        """Stop a running step (its result still arrives through wait_results)."""
+        ...
+
+    def wait_results(self, timeout: float) -> list[StepResult]:
+        """Steps that ended, waiting up to timeout seconds for the first."""
+        ...
+
+    def volume_exists(self, volume_id: str) -> bool: ...
+
+    def read_log(self, workspace: str, run_id: str, step: str) -> bytes | None:
+        """A step's log so far (None when it never started)."""
+        ...
+
+    def stop_orphan(self, workspace: str, run_id: str, step: str, pid: int) -> bool:
+        """Stop a step process left by a previous daemon; True when one was running."""
+        ...
+
+
+class RunBackend(Backend, Protocol):
+    """A backend that also keeps runs, the schedule ledger and an event log."""
+
+    def set_suspended(self, key: WorkflowKey, suspended: bool) -> AppliedWorkflow: ...
+
+    def set_state(self, key: WorkflowKey, state: WorkflowState) -> AppliedWorkflow: ...
+
+    def create_runs(
+        self,
+        runs: Sequence[Run],
+        *,
+        ledgers: Sequence[tuple[WorkflowKey, Ledger]] = (),
+        events: Sequence[tuple[str, str | None, str, str]] = (),
+    ) -> list[bool]:
+        """Insert the runs that do not exist yet, and move ledgers, atomically."""
+        ...
+
+    def save_run(
+        self,
+        run: Run,
+        *,
+        steps: Sequence[str] | None = None,
+        event: tuple[str, str] | None = None,
+    ) -> None: ...
+
+    def get_run(self, workspace: str, run_id: str) -> Run | None: ...
+
+    def runs_of(
+        self, key: WorkflowKey, *, limit: int = 20, states: Sequence[RunState] | None = None
+    ) -> list[Run]: ...
+
+    def active_runs(self) -> list[Run]: ...
+
+    def last_finished_run(self, key: WorkflowKey) -> Run | None: ...
+
+    def get_ledger(self, key: WorkflowKey) -> Ledger | None: ...
+
+    def set_ledger(self, key: WorkflowKey, ledger: Ledger) -> None: ...
+
+    def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None: ...
+
+    def request_cancel(self, workspace: str, run_id: str, *, reason: str) -> bool: ...
+
+    def set_step_pid(self, run: Run, step: str, pid: int | None) -> None: ...
+
+    def step_pids(self, run: Run) -> dict[str, int]: ...

@@ -1,8 +1,13 @@
-"""The daemon loop: sync every interval (with jitter) or when poked, until told to stop.
+"""The daemon: a sync loop, a scheduler loop and an executor loop, until told to stop.
 
-A poke (a file saved under ``--watch``, a webhook) wakes the loop at
-once; several pokes during a pass coalesce into one more pass. SIGTERM and
-SIGINT set the stop event: the pass in flight finishes, then the loop ends.
+The sync loop runs every interval (with jitter) or when poked; several pokes
+during a pass (saved files under ``--watch``, webhooks) coalesce into one
+more pass. After a pass that changed workflows the scheduler reloads them.
+The scheduler sleeps until the next slot; the executor blocks on step
+results. SIGTERM and SIGINT stop all three: the pass in flight finishes, no
+new step starts, running steps get ``shutdown_grace`` seconds to end and are
+then terminated (their runs fail with that reason), so nothing is left
+running and nothing is orphaned.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from reconciler.app.running import Executor
+from reconciler.app.scheduling import Scheduler
 from reconciler.app.syncing import Syncer, SyncOutcome
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,7 @@ class LoopOptions:
     interval: float = 60.0
     jitter: float = 0.1  # share of the interval, either way
     once: bool = False
+    shutdown_grace: float = 30.0
 
 
 class Daemon:
@@ -34,15 +42,21 @@ class Daemon:
         *,
         options: LoopOptions,
         on_outcome: Callable[[SyncOutcome], None] | None = None,
+        scheduler: Scheduler | None = None,
+        executor: Executor | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.syncer = syncer
         self.options = options
         self.on_outcome = on_outcome
+        self.scheduler = scheduler
+        self.executor = executor
         self.rng = rng or random.Random()
         self.stop_event = threading.Event()
         self.poke_event = threading.Event()
+        self.scheduler_wake = threading.Event()
         self.passes = 0
+        self.last_outcome: SyncOutcome | None = None
 
     def poke(self) -> None:
         """Ask for a pass now (coalesces with any other poke before the pass starts)."""
@@ -51,6 +65,7 @@ class Daemon:
     def stop(self) -> None:
         self.stop_event.set()
         self.poke_event.set()
+        self.scheduler_wake.set()
 
     def next_delay(self) -> float:
         spread = self.options.jitter * (2 * self.rng.random() - 1)
@@ -58,17 +73,61 @@ class Daemon:
 
     def run(self) -> int:
         """Loop until stopped; return 0, or 1 when ``once`` and the pass failed."""
-        while not self.stop_event.is_set():
-            self.poke_event.clear()
-            outcome = self.syncer.sync()
-            self.passes += 1
-            if self.on_outcome is not None:
-                self.on_outcome(outcome)
-            if self.options.once:
-                return 0 if outcome.ok else 1
-            self.poke_event.wait(self.next_delay())
+        if self.options.once:
+            outcome = self._sync()
+            return 0 if outcome.ok else 1
+        workers = []
+        if self.executor is not None:
+            self.executor.recover()
+            workers.append(threading.Thread(target=self._execute, name="executor"))
+        if self.scheduler is not None:
+            workers.append(threading.Thread(target=self._schedule, name="scheduler"))
+        for worker in workers:
+            worker.start()
+        try:
+            while not self.stop_event.is_set():
+                self.poke_event.clear()
+                self._sync()
+                self.poke_event.wait(self.next_delay())
+        finally:
+            self.stop()
+            for worker in workers:
+                worker.join()
         log.info("daemon stopped")
         return 0
+
+    def _sync(self) -> SyncOutcome:
+        outcome = self.syncer.sync()
+        self.passes += 1
+        self.last_outcome = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        changed = outcome.plan is not None and outcome.plan.has_changes
+        if self.scheduler is not None and (changed or self.passes == 1):
+            self.scheduler.refresh()
+            self.scheduler_wake.set()
+        return outcome
+
+    def _schedule(self) -> None:
+        assert self.scheduler is not None
+        while not self.stop_event.is_set():
+            self.scheduler_wake.clear()
+            try:
+                _, wait = self.scheduler.tick()
+            except Exception:
+                log.exception("scheduling failed; retrying in 5 s")
+                wait = 5.0
+            self.scheduler_wake.wait(wait)
+
+    def _execute(self) -> None:
+        assert self.executor is not None
+        while not self.stop_event.is_set():
+            try:
+                self.executor.step()
+            except Exception:
+                log.exception("executor round failed; retrying in 1 s")
+                self.stop_event.wait(1.0)
+        self.executor.shut_down(grace=self.options.shutdown_grace)
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:

@@ -49,6 +49,10 @@ class Settings(BaseModel):
     insecure_skip_host_key_check: bool = False
     git_timeout: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    catch_up: Literal["none", "latest", "all"] = "latest"
+    starting_deadline: float = Field(default=3600.0, gt=0, description="seconds")
+    max_parallel: int = Field(default=8, ge=1, le=1024, description="steps at once")
+    shutdown_grace: float = Field(default=30.0, ge=0, description="seconds steps get at stop")
 
     def token(self) -> str | None:
         if self.git_token:

@@ -1,21 +1,16 @@
-"""When a schedule fires: the coming run times of a Workflow's crons in its time zone."""
+"""When a schedule fires: the coming run times of a Workflow's crons in its time zone.
+
+``plan`` shows these; they come from ``slots.next_fire_times``, the same cron
+and DST arithmetic the scheduler runs on, so a plan never promises another time.
+"""
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
-from reconciler.core.crons import expand_cron
-
-
-def _times(expression: str, zone: ZoneInfo, after: datetime) -> Iterator[datetime]:
-    iterator = croniter(expand_cron(expression), after.astimezone(zone))
-    while True:
-        yield iterator.get_next(datetime)
+from reconciler.core.slots import next_fire_times
 
 
 def next_run_times(
@@ -25,12 +20,4 @@ def next_run_times(
     if after.tzinfo is None:
         raise ValueError("after must be timezone-aware")
     zone = ZoneInfo(timezone)
-    merged = heapq.merge(*(_times(c, zone, after) for c in crons))
-    result: list[datetime] = []
-    for moment in merged:
-        if result and moment == result[-1]:
-            continue
-        result.append(moment)
-        if len(result) == count:
-            break
-    return result
+    return [t.astimezone(zone) for t in next_fire_times(crons, timezone, after=after, count=count)]

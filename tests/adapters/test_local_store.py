@@ -161,19 +161,19 @@ def test_later_migration_applies_to_an_existing_database(
         first.apply_workflow(make_request("kept"))
     runs = (
         len(MIGRATIONS) + 1,
-        "CREATE TABLE runs (id TEXT PRIMARY KEY, "
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, "
         "workflow TEXT NOT NULL REFERENCES workflows (key) ON DELETE CASCADE, note TEXT);"
-        "INSERT INTO runs (id, workflow, note) VALUES ('r1', 'public/kept', 'a;b');",
+        "INSERT INTO notes (id, workflow, note) VALUES ('r1', 'public/kept', 'a;b');",
     )
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, runs])
     with LocalStore(state_dir, clock=clock) as second:
         assert second.migrations_applied == (runs[0],)
         assert second.schema_version() == runs[0]
-        # A delete and a re-create keep the row, so the run pointing at it survives.
+        # A delete and a re-create keep the row, so the note pointing at it survives.
         second.delete_workflow(key("kept"), owner=OWNER)
         second.apply_workflow(make_request("kept"))
     with sqlite3.connect(state_dir / "state.db") as conn:
-        assert conn.execute("SELECT id, note FROM runs").fetchall() == [("r1", "a;b")]
+        assert conn.execute("SELECT id, note FROM notes").fetchall() == [("r1", "a;b")]
 
 
 def test_failing_migration_is_rolled_back_whole(
@@ -182,7 +182,7 @@ def test_failing_migration_is_rolled_back_whole(
     LocalStore(state_dir, clock=clock).close()
     broken = (
         len(MIGRATIONS) + 1,
-        "CREATE TABLE runs (id TEXT PRIMARY KEY); INSERT INTO nowhere VALUES (1);",
+        "CREATE TABLE notes (id TEXT PRIMARY KEY); INSERT INTO nowhere VALUES (1);",
     )
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(TerminalError, match="no such table: nowhere"):
@@ -190,7 +190,7 @@ def test_failing_migration_is_rolled_back_whole(
     with sqlite3.connect(state_dir / "state.db") as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         versions = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    assert "runs" not in tables
+    assert "notes" not in tables
     assert versions == {version for version, _ in MIGRATIONS}
 
 

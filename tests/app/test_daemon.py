@@ -174,3 +174,115 @@ def test_sync_cli_over_ssh_with_settings_from_environment(tmp_path: Path, sshd: 
     )
     assert result.exit_code == 1
     assert "host key" in result.output
+
+
+SLOW = """version: v2alpha
+name: slow
+type: workflow
+spec:
+  dag:
+    - name: nap
+      spec:
+        stack: container
+        stackSpec:
+          image: alpine:3.20
+          command: [sleep, "120"]
+"""
+
+
+def start_daemon(repo: Path, state: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "daemon",
+            "--repo",
+            str(repo),
+            "--state-dir",
+            str(state),
+            "--interval",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RECONCILER_SHUTDOWN_GRACE": "1"},
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.split(")")[1].split()[0] != "Z"
+
+
+def test_kill_9_mid_run_then_restart(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "slow.yaml").write_text(SLOW)
+    state = tmp_path / "state"
+    daemon = start_daemon(repo, state)
+    try:
+        wait_for(lambda: "slow" in applied_names(state))
+        second = start_daemon(repo, state)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 1
+        assert "another daemon" in err
+        result = CliRunner().invoke(cli, ["run", "-n", "slow", "--state-dir", str(state)])
+        assert result.exit_code == 0, result.output
+        run_id = result.stdout.strip()
+        store = LocalStore(state, clock=SystemClock())
+
+        def step_pid() -> int | None:
+            run = store.get_run("public", run_id)
+            return store.step_pids(run).get("nap") if run is not None else None
+
+        wait_for(lambda: step_pid() is not None)
+        pid = step_pid()
+        assert pid is not None
+        daemon.kill()  # SIGKILL: no cleanup at all
+        daemon.wait(timeout=10)
+        assert pid_alive(pid)  # the step outlived the daemon
+        run = store.get_run("public", run_id)
+        assert run is not None
+        assert run.state == "running"
+        daemon = start_daemon(repo, state)
+        wait_for(lambda: (r := store.get_run("public", run_id)) is not None and r.state == "failed")
+        run = store.get_run("public", run_id)
+        assert run is not None
+        assert run.reason == "daemon restarted while the run was in progress"
+        wait_for(lambda: not pid_alive(pid))
+        assert [r.run_id for r in store.runs_of("public/slow")] == [run_id]  # type: ignore[arg-type]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+    assert daemon.returncode == 0
+
+
+def test_sigterm_stops_running_steps_and_fails_their_runs(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "slow.yaml").write_text(SLOW)
+    state = tmp_path / "state"
+    daemon = start_daemon(repo, state)
+    try:
+        wait_for(lambda: "slow" in applied_names(state))
+        run_id = (
+            CliRunner().invoke(cli, ["run", "-n", "slow", "--state-dir", str(state)]).stdout.strip()
+        )
+        store = LocalStore(state, clock=SystemClock())
+        wait_for(
+            lambda: (r := store.get_run("public", run_id)) is not None and r.state == "running"
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+    _, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 0, err
+    run = store.get_run("public", run_id)
+    assert run is not None
+    assert run.state == "failed"
+    assert run.steps[0].reason == "killed by SIGTERM"

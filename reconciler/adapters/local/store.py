@@ -18,17 +18,18 @@ re-create updates that same row, so tables added later may point at
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import cast, get_args
 
+from reconciler.adapters.local.codecs import Transaction, dump_json, from_text, load_json, to_text
+from reconciler.adapters.local.runstore import RunsMixin
 from reconciler.core.names import Revision, WorkflowKey
 from reconciler.core.syncs import SyncRecord, SyncResult
 from reconciler.core.workflows import (
@@ -87,6 +88,62 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE syncs ADD COLUMN source_json TEXT NOT NULL DEFAULT '{}';
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE runs (
+            workspace TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            name TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            revision TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            spec_hash TEXT NOT NULL,
+            slot TEXT,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            PRIMARY KEY (workspace, run_id)
+        );
+        CREATE INDEX runs_key_created ON runs (key, created_at);
+        CREATE INDEX runs_state ON runs (state);
+        CREATE TABLE run_steps (
+            workspace TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            depends_json TEXT NOT NULL,
+            state TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            exit_code INTEGER,
+            reason TEXT NOT NULL,
+            pid INTEGER,
+            PRIMARY KEY (workspace, run_id, name),
+            FOREIGN KEY (workspace, run_id) REFERENCES runs (workspace, run_id) ON DELETE CASCADE
+        );
+        CREATE TABLE schedule_ledger (
+            key TEXT PRIMARY KEY,
+            last_slot TEXT NOT NULL,
+            schedule_hash TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            key TEXT NOT NULL,
+            run_id TEXT,
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL
+        );
+        CREATE INDEX events_key ON events (key, id);
+        """,
+    ),
 ]
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -143,20 +200,8 @@ class _Row:
     suspended: bool
 
 
-class _Transaction:
-    """One write transaction; commits only when something was written."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.wrote = False
-
-    def write(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.conn.execute(sql, params)
-        self.wrote = True
-
-
-class LocalStore:
-    """Applied state in SQLite (WAL) under a state directory.
+class LocalStore(RunsMixin):
+    """Applied state, runs and the schedule ledger in SQLite (WAL) under a state directory.
 
     One connection per store, shared by the daemon's threads under a lock;
     other stores (other processes) may open the same directory. ``writes``
@@ -273,7 +318,7 @@ class LocalStore:
             with self._transaction() as txn:
                 if not self._needs_delete(key, owner=owner):  # another store got there first
                     return
-                now = _to_text(self._now())
+                now = to_text(self._now())
                 txn.write(
                     "UPDATE workflows SET state = 'deleted', deleted_at = ?, updated_at = ? "
                     "WHERE key = ?",
@@ -283,15 +328,15 @@ class LocalStore:
     def record_sync(self, record: SyncRecord) -> None:
         """Store a sync record, dropping all but the newest SYNC_RETENTION in the same go."""
         values = (
-            _to_text(record.started_at),
-            _to_text(record.finished_at),
+            to_text(record.started_at),
+            to_text(record.finished_at),
             record.revision,
             record.result,
-            _dump_json(record.summary, what="sync summary"),
-            _dump_json(record.plan, what="sync plan"),
-            _dump_json(record.errors, what="sync errors"),
+            dump_json(record.summary, what="sync summary"),
+            dump_json(record.plan, what="sync plan"),
+            dump_json(record.errors, what="sync errors"),
             record.message,
-            _dump_json(record.source, what="sync source"),
+            dump_json(record.source, what="sync source"),
         )
         with self._lock, self._sqlite_errors("record a sync"), self._transaction() as txn:
             txn.write(
@@ -334,7 +379,7 @@ class LocalStore:
                 if row.suspended != suspended:
                     txn.write(
                         "UPDATE workflows SET suspended = ?, updated_at = ? WHERE key = ?",
-                        (int(suspended), _to_text(self._now()), key),
+                        (int(suspended), to_text(self._now()), key),
                     )
                 return self._require_workflow(key)
 
@@ -396,7 +441,7 @@ class LocalStore:
                     txn.write(statement)
                 txn.write(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, _to_text(self._now())),
+                    (version, to_text(self._now())),
                 )
                 applied.append(version)
         return tuple(applied)
@@ -431,11 +476,11 @@ class LocalStore:
     # -- transactions and errors ------------------------------------------
 
     @contextmanager
-    def _transaction(self, *, counted: bool = True) -> Iterator[_Transaction]:
+    def _transaction(self, *, counted: bool = True) -> Iterator[Transaction]:
         """BEGIN IMMEDIATE; commit if the body wrote, else roll back. Caller holds the lock."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
-        txn = _Transaction(conn)
+        txn = Transaction(conn)
         try:
             yield txn
             conn.execute("COMMIT" if txn.wrote else "ROLLBACK")
@@ -517,11 +562,11 @@ class LocalStore:
             return _Apply.SAME
         return _Apply.UPDATE
 
-    def _write_apply(self, txn: _Transaction, request: WorkflowApply, *, now: datetime) -> None:
+    def _write_apply(self, txn: Transaction, request: WorkflowApply, *, now: datetime) -> None:
         desired = request.desired
         decision = self._decide_apply(request)  # again: the world may have moved since
-        spec_json = _dump_json(desired.spec, what=f"spec of workflow {desired.key}")
-        stamp = _to_text(now)
+        spec_json = dump_json(desired.spec, what=f"spec of workflow {desired.key}")
+        stamp = to_text(now)
         if decision is _Apply.CREATE:
             txn.write(
                 f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) "
@@ -598,7 +643,7 @@ class LocalStore:
             key=WorkflowKey(key),
             workspace=row["workspace"],
             name=row["name"],
-            spec=_load_json(row["spec_json"], what=f"spec of workflow {key} in {self.path}"),
+            spec=load_json(row["spec_json"], what=f"spec of workflow {key} in {self.path}"),
             spec_hash=row["spec_hash"],
             source=row["source"],
             path=row["path"],
@@ -606,8 +651,8 @@ class LocalStore:
             owner=row["owner"],
             state=cast(WorkflowState, state),
             suspended=bool(row["suspended"]),
-            created_at=_from_text(row["created_at"], what=f"created_at of workflow {key}"),
-            updated_at=_from_text(row["updated_at"], what=f"updated_at of workflow {key}"),
+            created_at=from_text(row["created_at"], what=f"created_at of workflow {key}"),
+            updated_at=from_text(row["updated_at"], what=f"updated_at of workflow {key}"),
         )
 
     def _sync_from_row(self, row: sqlite3.Row) -> SyncRecord:
@@ -617,15 +662,15 @@ class LocalStore:
             raise TerminalError(f"{what} has an unknown result {result!r}")
         revision = row["revision"]
         return SyncRecord(
-            started_at=_from_text(row["started_at"], what=f"started_at of {what}"),
-            finished_at=_from_text(row["finished_at"], what=f"finished_at of {what}"),
+            started_at=from_text(row["started_at"], what=f"started_at of {what}"),
+            finished_at=from_text(row["finished_at"], what=f"finished_at of {what}"),
             revision=None if revision is None else Revision(revision),
             result=cast(SyncResult, result),
-            summary=_load_json(row["summary_json"], what=f"summary of {what}"),
-            plan=_load_json(row["plan_json"], what=f"plan of {what}"),
-            errors=_load_json(row["errors_json"], what=f"errors of {what}"),
+            summary=load_json(row["summary_json"], what=f"summary of {what}"),
+            plan=load_json(row["plan_json"], what=f"plan of {what}"),
+            errors=load_json(row["errors_json"], what=f"errors of {what}"),
             message=row["message"],
-            source=_load_json(row["source_json"], what=f"source of {what}"),
+            source=load_json(row["source_json"], what=f"source of {what}"),
         )
 
 
@@ -675,47 +720,3 @@ def _statements(script: str) -> list[str]:
     if current.strip(" \t\r\n;"):
         raise ValueError(f"incomplete SQL statement in a migration: {current.strip()!r}")
     return statements
-
-
-def _to_text(moment: datetime) -> str:
-    """ISO-8601 in UTC with fixed width, so text order is time order."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise TerminalError(f"refusing to store a naive datetime {moment.isoformat()}; use UTC")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
-def _from_text(text: object, *, what: str) -> datetime:
-    if not isinstance(text, str):
-        raise TerminalError(f"{what} is {text!r}, not an ISO-8601 timestamp")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise TerminalError(f"{what} is {text!r}, not an ISO-8601 timestamp") from exc
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def _dump_json(value: Mapping[str, Any] | Sequence[Any], *, what: str) -> str:
-    try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain
-        )
-    except (TypeError, ValueError) as exc:
-        raise TerminalError(f"{what} cannot be stored as JSON: {exc}") from exc
-
-
-def _plain(value: object) -> object:
-    """JSON for the read-only mappings frozen models hand out; anything else is an error."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
-def _load_json(text: object, *, what: str) -> Any:
-    if not isinstance(text, str):
-        raise TerminalError(f"{what} is {text!r}, not JSON text")
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise TerminalError(f"{what} is not valid JSON: {exc}") from exc

@@ -1,0 +1,353 @@
+"""Runs, their steps, the schedule ledger and the event log in the local SQLite state.
+
+Exactly-once scheduling rests on two things here: a run's primary key is
+(workspace, run id), and a scheduled run's id comes from its slot, so
+inserting a run that exists is a no-op (``INSERT OR IGNORE``); and the runs
+of a scheduling decision are inserted in the same transaction that moves the
+ledger forward. A crash before the commit loses neither; a crash after it
+repeats neither.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from reconciler.adapters.local.codecs import Transaction, dump_json, from_text, load_json, to_text
+from reconciler.core.names import Revision, RunId, WorkflowKey
+from reconciler.core.runs import RUN_STATES, STEP_STATES, Run, RunState, StepRun, StepState
+from reconciler.core.slots import Ledger
+from reconciler.ports import TerminalError
+
+_RUN_COLUMNS = (
+    "workspace, run_id, key, name, trigger, requested_by, revision, spec_json, spec_hash, slot, "
+    "state, reason, cancel_requested, created_at, started_at, finished_at"
+)
+_STEP_COLUMNS = (
+    "workspace, run_id, position, name, depends_json, state, started_at, finished_at, "
+    "exit_code, reason, pid"
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    key: str
+    run_id: str | None
+    kind: str
+    message: str
+
+
+class RunsMixin:
+    """Run storage for ``LocalStore``; relies on its connection, lock and transactions."""
+
+    _conn: sqlite3.Connection
+    _lock: threading.Lock
+    writes: int
+
+    if TYPE_CHECKING:  # provided by LocalStore
+
+        def _transaction(self, *, counted: bool = True) -> AbstractContextManager[Transaction]: ...
+        def _sqlite_errors(self, doing: str) -> AbstractContextManager[None]: ...
+        def _now(self) -> datetime: ...
+
+    # -- creating -----------------------------------------------------------
+
+    def create_runs(
+        self,
+        runs: Sequence[Run],
+        *,
+        ledgers: Sequence[tuple[WorkflowKey, Ledger]] = (),
+        events: Sequence[tuple[str, str | None, str, str]] = (),
+    ) -> list[bool]:
+        """Insert runs that do not exist yet (and move ledgers) in one transaction.
+
+        Returns, per run, whether it was created (False: it existed). Events
+        are (key, run id, kind, message).
+        """
+        with self._lock, self._sqlite_errors("create runs"), self._transaction() as txn:
+            created = [self._insert_run(txn, run) for run in runs]
+            for key, value in ledgers:
+                txn.write(
+                    "INSERT INTO schedule_ledger (key, last_slot, schedule_hash, updated_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "last_slot = excluded.last_slot, schedule_hash = excluded.schedule_hash, "
+                    "updated_at = excluded.updated_at",
+                    (key, to_text(value.last_slot), value.schedule_hash, to_text(self._now())),
+                )
+            for event in events:
+                self._insert_event(txn, *event)
+            return created
+
+    def _insert_run(self, txn: Transaction, run: Run) -> bool:
+        cursor = txn.conn.execute(
+            f"INSERT OR IGNORE INTO runs ({_RUN_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._run_values(run),
+        )
+        if cursor.rowcount == 0:
+            return False
+        txn.wrote = True
+        for position, step in enumerate(run.steps):
+            txn.write(
+                f"INSERT INTO run_steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._step_values(run, step, position),
+            )
+        return True
+
+    # -- updating -----------------------------------------------------------
+
+    def save_run(
+        self,
+        run: Run,
+        *,
+        steps: Sequence[str] | None = None,
+        event: tuple[str, str] | None = None,
+    ) -> None:
+        """Store a run's state and its steps' (all, or just ``steps``); event: (kind, message)."""
+        values = self._run_values(run)
+        with self._lock, self._sqlite_errors(f"save run {run.run_id}"), self._transaction() as txn:
+            # cancel_requested only ever goes up: a cancel asked for elsewhere is never lost.
+            cursor = txn.conn.execute(
+                "UPDATE runs SET state = ?, reason = ?, "
+                "cancel_requested = MAX(cancel_requested, ?), started_at = ?, "
+                "finished_at = ? WHERE workspace = ? AND run_id = ?",
+                (values[10], values[11], values[12], values[14], values[15], values[0], values[1]),
+            )
+            if cursor.rowcount != 1:
+                raise TerminalError(f"run {run.workspace}/{run.run_id} does not exist")
+            txn.wrote = True
+            for step in run.steps:
+                if steps is not None and step.name not in steps:
+                    continue
+                txn.write(
+                    "UPDATE run_steps SET state = ?, started_at = ?, finished_at = ?, "
+                    "exit_code = ?, reason = ? WHERE workspace = ? AND run_id = ? AND name = ?",
+                    (
+                        step.state,
+                        _maybe_text(step.started_at),
+                        _maybe_text(step.finished_at),
+                        step.exit_code,
+                        step.reason,
+                        run.workspace,
+                        run.run_id,
+                        step.name,
+                    ),
+                )
+            if event is not None:
+                self._insert_event(txn, run.key, run.run_id, *event)
+
+    def request_cancel(self, workspace: str, run_id: str, *, reason: str) -> bool:
+        """Flag an active run for cancelling (the executor acts on it); False if not active."""
+        with self._lock, self._sqlite_errors(f"cancel run {run_id}"), self._transaction() as txn:
+            cursor = txn.conn.execute(
+                "UPDATE runs SET cancel_requested = 1, reason = ? WHERE workspace = ? "
+                "AND run_id = ? AND state IN ('pending', 'running')",
+                (reason, workspace, run_id),
+            )
+            txn.wrote = cursor.rowcount > 0
+            return cursor.rowcount > 0
+
+    def set_step_pid(self, run: Run, step: str, pid: int | None) -> None:
+        """Remember a step's process (so a restarted daemon can stop an orphan)."""
+        with self._lock, self._sqlite_errors("record a step pid"), self._transaction() as txn:
+            txn.write(
+                "UPDATE run_steps SET pid = ? WHERE workspace = ? AND run_id = ? AND name = ?",
+                (pid, run.workspace, run.run_id, step),
+            )
+
+    def step_pids(self, run: Run) -> dict[str, int]:
+        with self._lock, self._sqlite_errors("read step pids"):
+            rows = self._conn.execute(
+                "SELECT name, pid FROM run_steps WHERE workspace = ? AND run_id = ? "
+                "AND pid IS NOT NULL",
+                (run.workspace, run.run_id),
+            ).fetchall()
+            return {row["name"]: int(row["pid"]) for row in rows}
+
+    # -- reading ------------------------------------------------------------
+
+    def get_run(self, workspace: str, run_id: str) -> Run | None:
+        with self._lock, self._sqlite_errors(f"read run {run_id}"):
+            row = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE workspace = ? AND run_id = ?",
+                (workspace, run_id),
+            ).fetchone()
+            return None if row is None else self._run_from_row(row)
+
+    def runs_of(
+        self, key: WorkflowKey, *, limit: int = 20, states: Sequence[RunState] | None = None
+    ) -> list[Run]:
+        """Runs of one workflow, newest first."""
+        where, params = "key = ?", [str(key)]
+        if states is not None:
+            where += f" AND state IN ({', '.join('?' for _ in states)})"
+            params += list(states)
+        with self._lock, self._sqlite_errors(f"read runs of {key}"):
+            rows = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE {where} "
+                "ORDER BY created_at DESC, run_id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [self._run_from_row(row) for row in rows]
+
+    def active_runs(self) -> list[Run]:
+        """Every pending or running run, oldest first."""
+        with self._lock, self._sqlite_errors("read active runs"):
+            rows = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('pending', 'running') "
+                "ORDER BY created_at, run_id"
+            ).fetchall()
+            return [self._run_from_row(row) for row in rows]
+
+    def last_finished_run(self, key: WorkflowKey) -> Run | None:
+        """The newest run that ran to an end (succeeded, failed or cancelled)."""
+        with self._lock, self._sqlite_errors(f"read runs of {key}"):
+            row = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE key = ? "
+                "AND state IN ('succeeded', 'failed', 'cancelled') "
+                "ORDER BY finished_at DESC LIMIT 1",
+                (key,),
+            ).fetchone()
+            return None if row is None else self._run_from_row(row)
+
+    def get_ledger(self, key: WorkflowKey) -> Ledger | None:
+        with self._lock, self._sqlite_errors(f"read the schedule ledger of {key}"):
+            row = self._conn.execute(
+                "SELECT last_slot, schedule_hash FROM schedule_ledger WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                return None
+            what = f"ledger of {key}"
+            return Ledger(from_text(row["last_slot"], what=what), row["schedule_hash"])
+
+    def set_ledger(self, key: WorkflowKey, ledger: Ledger) -> None:
+        self.create_runs([], ledgers=[(key, ledger)])
+
+    # -- events -------------------------------------------------------------
+
+    def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None:
+        with self._lock, self._sqlite_errors("record an event"), self._transaction() as txn:
+            self._insert_event(txn, key, run_id, kind, message)
+
+    def events(self, *, key: str | None = None, limit: int = 100) -> list[Event]:
+        """Newest first."""
+        where, params = ("WHERE key = ? ", [key]) if key is not None else ("", [])
+        with self._lock, self._sqlite_errors("read events"):
+            rows = self._conn.execute(
+                f"SELECT at, key, run_id, kind, message FROM events {where}"
+                "ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [
+                Event(
+                    from_text(r["at"], what="event time"),
+                    r["key"],
+                    r["run_id"],
+                    r["kind"],
+                    r["message"],
+                )
+                for r in rows
+            ]
+
+    def _insert_event(
+        self, txn: Transaction, key: str, run_id: str | None, kind: str, message: str
+    ) -> None:
+        txn.write(
+            "INSERT INTO events (at, key, run_id, kind, message) VALUES (?, ?, ?, ?, ?)",
+            (to_text(self._now()), key, run_id, kind, message),
+        )
+
+    # -- rows -----------------------------------------------------------------
+
+    @staticmethod
+    def _run_values(run: Run) -> tuple[Any, ...]:
+        return (
+            run.workspace,
+            run.run_id,
+            run.key,
+            run.name,
+            run.trigger,
+            run.requested_by,
+            run.revision,
+            dump_json(run.spec, what=f"spec of run {run.run_id}"),
+            run.spec_hash,
+            _maybe_text(run.slot),
+            run.state,
+            run.reason,
+            int(run.cancel_requested),
+            to_text(run.created_at),
+            _maybe_text(run.started_at),
+            _maybe_text(run.finished_at),
+        )
+
+    @staticmethod
+    def _step_values(run: Run, step: StepRun, position: int) -> tuple[Any, ...]:
+        return (
+            run.workspace,
+            run.run_id,
+            position,
+            step.name,
+            dump_json(list(step.depends), what="step depends"),
+            step.state,
+            _maybe_text(step.started_at),
+            _maybe_text(step.finished_at),
+            step.exit_code,
+            step.reason,
+            None,
+        )
+
+    def _run_from_row(self, row: sqlite3.Row) -> Run:
+        what = f"run {row['workspace']}/{row['run_id']}"
+        if row["state"] not in RUN_STATES:
+            raise TerminalError(f"{what} has an unknown state {row['state']!r}")
+        steps = self._conn.execute(
+            f"SELECT {_STEP_COLUMNS} FROM run_steps WHERE workspace = ? AND run_id = ? "
+            "ORDER BY position",
+            (row["workspace"], row["run_id"]),
+        ).fetchall()
+        return Run(
+            workspace=row["workspace"],
+            run_id=RunId(row["run_id"]),
+            name=row["name"],
+            trigger=row["trigger"],
+            requested_by=row["requested_by"],
+            revision=Revision(row["revision"]),
+            spec=load_json(row["spec_json"], what=f"spec of {what}"),
+            spec_hash=row["spec_hash"],
+            created_at=from_text(row["created_at"], what=f"created_at of {what}"),
+            slot=_maybe_time(row["slot"], what=f"slot of {what}"),
+            state=cast(RunState, row["state"]),
+            reason=row["reason"],
+            started_at=_maybe_time(row["started_at"], what=f"started_at of {what}"),
+            finished_at=_maybe_time(row["finished_at"], what=f"finished_at of {what}"),
+            cancel_requested=bool(row["cancel_requested"]),
+            steps=tuple(_step_from_row(s, what=what) for s in steps),
+        )
+
+
+def _step_from_row(row: sqlite3.Row, *, what: str) -> StepRun:
+    if row["state"] not in STEP_STATES:
+        raise TerminalError(f"step {row['name']} of {what} has an unknown state")
+    return StepRun(
+        name=row["name"],
+        depends=tuple(load_json(row["depends_json"], what=f"depends of {what}")),
+        state=cast(StepState, row["state"]),
+        started_at=_maybe_time(row["started_at"], what=what),
+        finished_at=_maybe_time(row["finished_at"], what=what),
+        exit_code=row["exit_code"],
+        reason=row["reason"],
+    )
+
+
+def _maybe_text(moment: datetime | None) -> str | None:
+    return None if moment is None else to_text(moment)
+
+
+def _maybe_time(text: object, *, what: str) -> datetime | None:
+    return None if text is None else from_text(text, what=what)

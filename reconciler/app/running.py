@@ -1,0 +1,317 @@
+"""The run executor: moves runs through their state machine and starts their steps.
+
+It holds the active runs in memory and stores every change. Each ``step``
+call checks prerequisites of pending runs, starts ready steps (at most
+``max_parallel`` at once across runs), and applies the results the step
+runner reports; it blocks only in ``wait_results``, so a finished step is
+acted on at once. Restart policy: steps are not re-attached. A run found
+``running`` at start-up belonged to a daemon that died: its steps'
+processes (if still alive) are stopped and the run fails with reason
+"daemon restarted", so no run stays running forever and none runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from reconciler.core.durations import parse_duration
+from reconciler.core.names import WorkflowKey
+from reconciler.core.projections import default_projections, step_environment
+from reconciler.core.runs import (
+    Run,
+    fail_run,
+    ready_steps,
+    request_cancel,
+    start_run,
+    step_finished,
+    step_started,
+    wait_run,
+)
+from reconciler.core.workflows import WorkflowState
+from reconciler.ports import (
+    Clock,
+    ReconcilerError,
+    RunBackend,
+    StepLaunch,
+    StepResult,
+    StepRunner,
+)
+
+log = logging.getLogger(__name__)
+RESTART_REASON = "daemon restarted while the run was in progress"
+_Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    max_parallel: int = 8  # steps running at once, across runs
+    idle_wait: float = 0.5  # seconds to wait for results when nothing else is to do
+
+
+class Executor:
+    def __init__(
+        self,
+        backend: RunBackend,
+        runner: StepRunner,
+        *,
+        clock: Clock,
+        options: ExecutorOptions = ExecutorOptions(),
+    ) -> None:
+        self.backend = backend
+        self.runner = runner
+        self.clock = clock
+        self.options = options
+        self.runs: dict[_Key, Run] = {}
+        self.running_steps = 0
+        self._wake = threading.Event()
+        self._reload = True
+        self._reloaded_at = float("-inf")
+        self._stopping = False
+
+    # -- entry points -----------------------------------------------------------
+
+    def recover(self) -> list[Run]:
+        """Fail runs a dead daemon left running; stop their orphaned step processes."""
+        failed = []
+        for run in self.backend.active_runs():
+            if run.state != "running":
+                continue
+            for step, pid in self.backend.step_pids(run).items():
+                if self.runner.stop_orphan(run.workspace, run.run_id, step, pid):
+                    log.info("stopped orphan step process %s of run %s", pid, run.run_id)
+            run = fail_run(run, now=self.clock.now(), reason=RESTART_REASON)
+            self.backend.save_run(run, event=("RunFailed", RESTART_REASON))
+            self._update_workflow_state(run)
+            failed.append(run)
+        self._reload = True
+        return failed
+
+    def notify(self) -> None:
+        """New runs were created or cancelled elsewhere: reload and wake up."""
+        self._reload = True
+        self._wake.set()
+
+    def step(self, *, wait: float | None = None) -> None:
+        """One round: load, start what can start, apply results (waiting at most ``wait``)."""
+        # Reload on notice, and every second anyway: `reconciler run` and `cancel` in
+        # other processes write to the store directly.
+        if self._reload or self.clock.monotonic() - self._reloaded_at > 1.0:
+            self._reload = False
+            self._reloaded_at = self.clock.monotonic()
+            for run in self.backend.active_runs():
+                key = (run.workspace, run.run_id)
+                if key not in self.runs or run.cancel_requested != self.runs[key].cancel_requested:
+                    self.runs[key] = run if key not in self.runs else self._merge(run)
+        started = self._advance()
+        timeout = 0.0 if started else (self.options.idle_wait if wait is None else wait)
+        if self.running_steps == 0 and timeout > 0:
+            self._wake.wait(timeout)  # nothing runs: wait for notify() instead of results
+            self._wake.clear()
+            timeout = 0.0
+        for result in self.runner.wait_results(timeout):
+            self._apply_result(result)
+
+    def run_until_idle(self, *, stop: threading.Event | None = None) -> None:
+        """Step until no run is active (``reconciler run --wait`` without a daemon)."""
+        while self.runs or self._reload:
+            if stop is not None and stop.is_set():
+                return
+            self.step(wait=0.2)
+            if not self.runs and not self._reload:
+                return
+
+    def shut_down(self, *, grace: float) -> None:
+        """Start nothing more; give running steps ``grace`` seconds, then stop them."""
+        self._stopping = True
+        deadline = self.clock.monotonic() + grace
+        while self.running_steps > 0 and self.clock.monotonic() < deadline:
+            for result in self.runner.wait_results(0.2):
+                self._apply_result(result)
+        if self.running_steps == 0:
+            return
+        for run in self.runs.values():
+            for step in run.steps:
+                if step.state == "running":
+                    log.warning("stopping step %s of run %s at shutdown", step.name, run.run_id)
+                    self.runner.stop(run.workspace, run.run_id, step.name)
+        deadline = self.clock.monotonic() + 15.0
+        while self.running_steps > 0 and self.clock.monotonic() < deadline:
+            for result in self.runner.wait_results(0.2):
+                self._apply_result(result)
+
+    def cancel(self, run: Run, *, reason: str) -> Run:
+        run = request_cancel(run, now=self.clock.now(), reason=reason)
+        for step in run.steps:
+            if step.state == "running":
+                self.runner.stop(run.workspace, run.run_id, step.name)
+        self._store(run, event=("RunCancelRequested", reason))
+        return run
+
+    # -- the round ------------------------------------------------------------
+
+    def _merge(self, stored: Run) -> Run:
+        """A run changed elsewhere (a cancel request): take the request, keep our steps."""
+        mine = self.runs[(stored.workspace, stored.run_id)]
+        if stored.cancel_requested and not mine.cancel_requested:
+            return self.cancel(mine, reason=stored.reason or "cancelled")
+        return mine
+
+    def _advance(self) -> bool:
+        """Start pending runs whose prerequisites are met, then ready steps. True if any."""
+        started = False
+        for key, run in list(self.runs.items()):
+            if run.state == "pending" and not self._stopping:
+                run = self._check_prerequisites(run)
+            # Steps that are ready together start together: one start time for the round.
+            while not self._stopping and run.state == "running" and (names := ready_steps(run)):
+                room = self.options.max_parallel - self.running_steps
+                if room <= 0:
+                    break
+                now = self.clock.now()
+                for name in names[:room]:
+                    run = self._start_step(run, name, now=now)
+                started = True
+            if run.active:
+                self.runs[key] = run
+            else:
+                self.runs.pop(key, None)
+        return started
+
+    def _check_prerequisites(self, run: Run) -> Run:
+        unmet = self._unmet_prerequisites(run)
+        now = self.clock.now()
+        if unmet is None:
+            run = start_run(run, now=now)
+            self._store(run, event=("RunStarted", f"run {run.run_id} started ({run.trigger})"))
+            self._update_workflow_state(run)
+            return run
+        reason, deadline = unmet
+        if now >= deadline:
+            run = fail_run(run, now=now, reason=f"prerequisite not met in time: {reason}")
+            self._store(run, event=("RunFailed", run.reason))
+            self._update_workflow_state(run)
+        elif run.reason != f"waiting: {reason}":
+            run = wait_run(run, reason=f"waiting: {reason}")
+            self._store(run, event=("RunWaiting", run.reason))
+        return run
+
+    def _unmet_prerequisites(self, run: Run) -> tuple[str, datetime] | None:
+        """The first unmet ``spec.dependencies`` entry and when waiting for it ends."""
+        for dependency in run.spec["spec"].get("dependencies") or ():
+            timeout = parse_duration(str(dependency.get("timeout") or "1h"))
+            deadline = run.created_at + timeout
+            if dependency.get("volume"):
+                if not self.runner.volume_exists(str(dependency["volume"])):
+                    return f"volume {dependency['volume']!r} does not exist yet", deadline
+                continue
+            workspace = str(dependency.get("workspace") or run.workspace)
+            other = WorkflowKey(f"{workspace}/{dependency['workflow']}")
+            workflow = self.backend.get_workflow(other)
+            if workflow is None or workflow.state == "deleted":
+                return f"workflow {other} does not exist", deadline
+            if dependency.get("condition") == "active":
+                if workflow.suspended:
+                    return f"workflow {other} is suspended", deadline
+                continue
+            last = self.backend.last_finished_run(other)
+            if last is None or last.state != "succeeded":
+                state = "has not run" if last is None else f"last run {last.run_id} {last.state}"
+                return f"workflow {other} {state}", deadline
+            within = dependency.get("within")
+            if within and last.finished_at is not None:
+                age = self.clock.now() - last.finished_at
+                if age > parse_duration(str(within)):
+                    return (
+                        f"workflow {other} last succeeded {int(age.total_seconds())} s ago, "
+                        f"more than {within}",
+                        deadline,
+                    )
+        return None
+
+    def _start_step(self, run: Run, name: str, *, now: datetime) -> Run:
+        spec = next(s for s in run.spec["spec"]["dag"] if s["name"] == name)["spec"] or {}
+        run = step_started(run, name, now=now)
+        if not spec.get("stack"):  # a no-op step: succeeds at once
+            run = step_finished(run, name, exit_code=0, now=now)
+            self._store(run, steps=[name])
+            return self._after_step(run)
+        launch = StepLaunch(
+            run,
+            name,
+            step_environment(run.spec, name),
+            default_projections(run, name, now=now),
+        )
+        try:
+            pid = self.runner.start(launch)
+        except ReconcilerError as exc:
+            run = step_finished(run, name, exit_code=None, now=now, reason=str(exc))
+            self._store(run, steps=[name], event=("StepFailed", f"{name}: {exc}"))
+            return self._after_step(run)
+        self.running_steps += 1
+        self._store(run, steps=[name])
+        if pid is not None:
+            self.backend.set_step_pid(run, name, pid)
+        return run
+
+    def _apply_result(self, result: StepResult) -> None:
+        key = (result.workspace, result.run_id)
+        run = self.runs.get(key)
+        if run is None:
+            log.warning("result for unknown run %s/%s", result.workspace, result.run_id)
+            return
+        self.running_steps -= 1
+        run = step_finished(
+            run,
+            result.step,
+            exit_code=result.exit_code,
+            now=result.finished_at,
+            reason=result.reason,
+        )
+        step = run.step(result.step)
+        event = None
+        if step.state == "failed":
+            event = ("StepFailed", f"{result.step}: {step.reason}")
+        self._store(run, steps=[s.name for s in run.steps if s.state != "pending"], event=event)
+        self.runs[key] = self._after_step(run)
+        if not self.runs[key].active:
+            del self.runs[key]
+
+    def _after_step(self, run: Run) -> Run:
+        if not run.active:
+            kind = {"succeeded": "RunSucceeded", "failed": "RunFailed"}.get(run.state, "RunEnded")
+            self.backend.add_event(run.key, run.run_id, kind, f"run {run.run_id} {run.state}")
+            self._update_workflow_state(run)
+        return run
+
+    def _store(
+        self,
+        run: Run,
+        *,
+        steps: list[str] | None = None,
+        event: tuple[str, str] | None = None,
+    ) -> None:
+        self.backend.save_run(run, steps=steps, event=event)
+
+    def _update_workflow_state(self, run: Run) -> None:
+        """running while a run runs; then active (scheduled) or the run's result (on demand)."""
+        workflow = self.backend.get_workflow(run.key)
+        if workflow is None or workflow.state == "deleted":
+            return
+        state: WorkflowState
+        if run.state == "running":
+            state = "running"
+        elif any(r.state == "running" for r in self.backend.runs_of(run.key, states=["running"])):
+            return
+        elif workflow.spec["spec"].get("schedule"):
+            state = "active"
+        elif run.state == "succeeded":
+            state = "succeeded"
+        elif run.state == "failed":
+            state = "failed"
+        else:
+            state = "active"
+        if workflow.state != state:
+            self.backend.set_state(run.key, state)

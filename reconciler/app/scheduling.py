@@ -1,0 +1,187 @@
+"""The scheduler: creates each scheduled run exactly once, at its slot.
+
+A heap holds every scheduled workflow's next slot; the loop sleeps until the
+earliest one. When a slot is due, ``slots.decide`` says which slots to run
+and which to record as missed (the catch-up policy), ``concurrencyPolicy``
+is applied against the runs active now, and the runs and the new ledger are
+stored in one transaction. Run ids come from the slot, so a second
+scheduler, a retry or a restart that decides the same slot again creates
+nothing. Suspended workflows are not scheduled; resuming starts from now.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from reconciler.core.names import RunId, WorkflowKey
+from reconciler.core.runs import Run, new_run, skipped_run
+from reconciler.core.slots import (
+    CatchUpPolicy,
+    Ledger,
+    decide,
+    next_fire_times,
+    schedule_hash,
+    slot_run_id,
+)
+from reconciler.core.workflows import AppliedWorkflow
+from reconciler.ports import Clock, RunBackend
+
+log = logging.getLogger(__name__)
+MAX_SLEEP = timedelta(seconds=30)  # re-check at least this often (clock jumps, changes)
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What one scheduling round created, for metrics and tests."""
+
+    created: tuple[Run, ...]
+    skipped: tuple[Run, ...]
+    lags: tuple[float, ...]  # seconds between each created run's slot and its creation
+
+
+class Scheduler:
+    def __init__(
+        self,
+        backend: RunBackend,
+        *,
+        clock: Clock,
+        policy: CatchUpPolicy = CatchUpPolicy(),  # noqa: B008 - frozen dataclass
+        on_created: Callable[[], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.policy = policy
+        self.on_created = on_created
+        self._heap: list[tuple[datetime, str]] = []
+        self._workflows: dict[WorkflowKey, AppliedWorkflow] = {}
+        self._lock = threading.Lock()  # refresh() comes from the sync loop, tick() from ours
+
+    def refresh(self) -> None:
+        """Reload the scheduled workflows (after a sync changed something, or at start)."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._workflows = {
+            w.key: w
+            for w in self.backend.all_workflows()
+            if w.spec["spec"].get("schedule") and not w.suspended
+        }
+        now = self.clock.now()
+        # Everything is due once now: decide() catches up or starts the ledger.
+        self._heap = [(now, key) for key in sorted(self._workflows)]
+        heapq.heapify(self._heap)
+
+    def tick(self) -> tuple[Decided, float]:
+        """Handle every due workflow; return what was done and seconds until the next slot."""
+        with self._lock:
+            return self._tick()
+
+    def _tick(self) -> tuple[Decided, float]:
+        now = self.clock.now()
+        due: list[AppliedWorkflow] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, key = heapq.heappop(self._heap)
+            workflow = self._workflows.get(WorkflowKey(key))
+            if workflow is not None:
+                due.append(workflow)
+        decided = self._schedule(due, now) if due else Decided((), (), ())
+        for workflow in due:
+            schedule = workflow.spec["spec"]["schedule"]
+            upcoming = next_fire_times(schedule["crons"], schedule["timezone"], after=now, count=1)
+            if upcoming:
+                heapq.heappush(self._heap, (upcoming[0], workflow.key))
+        if not self._heap:
+            return decided, MAX_SLEEP.total_seconds()
+        wait = min(self._heap[0][0] - self.clock.now(), MAX_SLEEP).total_seconds()
+        return decided, max(0.0, wait)
+
+    def _schedule(self, due: list[AppliedWorkflow], now: datetime) -> Decided:
+        active: dict[str, list[Run]] = {}
+        for run in self.backend.active_runs():
+            active.setdefault(run.key, []).append(run)
+        created: list[Run] = []
+        skipped: list[Run] = []
+        ledgers: list[tuple[WorkflowKey, Ledger]] = []
+        events: list[tuple[str, str | None, str, str]] = []
+        for workflow in due:
+            schedule = workflow.spec["spec"]["schedule"]
+            decision = decide(
+                schedule["crons"],
+                schedule["timezone"],
+                ledger=self.backend.get_ledger(workflow.key),
+                now=now,
+                start=workflow.created_at,
+                policy=self.policy,
+            )
+            ledgers.append((workflow.key, decision.ledger))
+            for slot in decision.missed:
+                run = skipped_run(
+                    self._run_for(workflow, slot, now),
+                    reason=f"missed: the scheduler was not running at this slot "
+                    f"(catch-up policy {self.policy.mode})",
+                )
+                skipped.append(run)
+            if decision.missed_uncounted:
+                events.append(
+                    (
+                        workflow.key,
+                        None,
+                        "SlotsMissed",
+                        f"{decision.missed_uncounted} more slots missed (not recorded one by one)",
+                    )
+                )
+            running = active.get(workflow.key, [])
+            policy = schedule.get("concurrencyPolicy", "Allow")
+            for slot in decision.run:
+                run = self._run_for(workflow, slot, now)
+                if running and policy == "Forbid":
+                    reason = f"Forbid: run {running[0].run_id} is still active"
+                    skipped.append(skipped_run(run, reason=reason))
+                    events.append((workflow.key, run.run_id, "SlotSkipped", reason))
+                    continue
+                if running and policy == "Replace":
+                    for old in running:
+                        reason = f"replaced by run {run.run_id}"
+                        self.backend.request_cancel(old.workspace, old.run_id, reason=reason)
+                        events.append((workflow.key, old.run_id, "RunReplaced", reason))
+                    running = []
+                created.append(run)
+                running = [*running, run]
+        results = self.backend.create_runs([*skipped, *created], ledgers=ledgers, events=events)
+        fresh = [r for r, ok in zip([*skipped, *created], results, strict=True) if ok]
+        new_runs = tuple(r for r in fresh if r.state == "pending")
+        if new_runs and self.on_created is not None:
+            self.on_created()
+        lags = tuple((now - r.slot).total_seconds() for r in new_runs if r.slot is not None)
+        return Decided(new_runs, tuple(r for r in fresh if r.state == "skipped"), lags)
+
+    @staticmethod
+    def _run_for(workflow: AppliedWorkflow, slot: datetime, now: datetime) -> Run:
+        return new_run(
+            workspace=workflow.workspace,
+            run_id=RunId(slot_run_id(workflow.name, slot)),
+            name=workflow.name,
+            trigger="schedule",
+            requested_by="scheduler",
+            revision=workflow.revision,
+            spec=workflow.spec,
+            spec_hash=workflow.spec_hash,
+            now=now,
+            slot=slot,
+        )
+
+
+def resume_from_now(backend: RunBackend, workflow: AppliedWorkflow, *, now: datetime) -> None:
+    """On resume, slots missed while suspended are not caught up: the ledger moves to now."""
+    schedule = workflow.spec["spec"].get("schedule")
+    if schedule:
+        backend.set_ledger(
+            workflow.key,
+            Ledger(now, schedule_hash(schedule["crons"], schedule["timezone"])),
+        )

@@ -1,0 +1,294 @@
+"""Runs of a Workflow and the state machine of their steps, as pure functions.
+
+A run is created ``pending`` with every step ``pending``. When it starts it is
+``running``; a step is ready when every step it depends on has succeeded.
+A failed step fails the run: its dependents (transitively) become
+``skipped``, no other step starts, steps already running finish, and the
+run ends ``failed`` once nothing is running (steps that never started are
+``skipped``). Cancelling marks steps that never ran ``cancelled`` and
+ends the run ``cancelled`` once its running steps are stopped. A slot that
+is not run at all (missed while the daemon was down, or refused by
+``Forbid``) is recorded as a run in state ``skipped`` with its reason.
+
+Every function returns a new ``Run``; the drivers store it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from reconciler.core.dags import dependents, topological_order
+from reconciler.core.names import Revision, RunId, WorkflowKey
+
+RunState = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
+StepState = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+Trigger = Literal["schedule", "manual"]
+RUN_STATES: tuple[RunState, ...] = (
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "skipped",
+)
+STEP_STATES: tuple[StepState, ...] = (
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "skipped",
+    "cancelled",
+)
+ACTIVE_RUN_STATES: frozenset[str] = frozenset({"pending", "running"})
+FINAL_RUN_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+
+
+@dataclass(frozen=True)
+class StepRun:
+    name: str
+    depends: tuple[str, ...] = ()
+    state: StepState = "pending"
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str = ""
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a Workflow, with the spec it was created from."""
+
+    workspace: str
+    run_id: RunId
+    name: str  # the workflow's name
+    trigger: Trigger
+    requested_by: str  # "scheduler", or who asked for a manual run
+    revision: Revision
+    spec: Mapping[str, Any]  # the normalized spec at creation: later updates do not touch it
+    spec_hash: str
+    created_at: datetime
+    slot: datetime | None = None  # the nominal slot of a scheduled run
+    state: RunState = "pending"
+    reason: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_requested: bool = False
+    steps: tuple[StepRun, ...] = ()
+
+    @property
+    def key(self) -> WorkflowKey:
+        return WorkflowKey(f"{self.workspace}/{self.name}")
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_RUN_STATES
+
+    def step(self, name: str) -> StepRun:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"run {self.run_id} has no step {name!r}")
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+def new_run(
+    *,
+    workspace: str,
+    run_id: RunId,
+    name: str,
+    trigger: Trigger,
+    requested_by: str,
+    revision: Revision,
+    spec: Mapping[str, Any],
+    spec_hash: str,
+    now: datetime,
+    slot: datetime | None = None,
+) -> Run:
+    """A pending run with a pending step per DAG node, in a dependency-respecting order."""
+    dag = spec["spec"]["dag"]
+    depends = {str(s["name"]): tuple(str(d) for d in s.get("depends") or ()) for s in dag}
+    steps = tuple(StepRun(name, depends[name]) for name in topological_order(depends))
+    return Run(
+        workspace=workspace,
+        run_id=run_id,
+        name=name,
+        trigger=trigger,
+        requested_by=requested_by,
+        revision=revision,
+        spec=spec,
+        spec_hash=spec_hash,
+        created_at=now,
+        slot=slot,
+        steps=steps,
+    )
+
+
+def skipped_run(run: Run, *, reason: str) -> Run:
+    """A slot recorded as not run, with why."""
+    return replace(
+        run,
+        state="skipped",
+        reason=reason,
+        finished_at=run.created_at,
+        steps=tuple(replace(s, state="skipped", reason=reason) for s in run.steps),
+    )
+
+
+def start_run(run: Run, *, now: datetime) -> Run:
+    if run.state != "pending":
+        raise ValueError(f"run {run.run_id} is {run.state}, not pending")
+    return replace(run, state="running", started_at=now, reason="")
+
+
+def wait_run(run: Run, *, reason: str) -> Run:
+    """Keep a pending run pending, saying what it waits for."""
+    return replace(run, reason=reason)
+
+
+def ready_steps(run: Run) -> list[str]:
+    """Steps that may start now: pending, with every dependency succeeded.
+
+    Once a step failed nothing new starts (steps already running finish).
+    """
+    if run.state != "running" or run.cancel_requested:
+        return []
+    if any(s.state == "failed" for s in run.steps):
+        return []
+    done = {s.name for s in run.steps if s.state == "succeeded"}
+    return [s.name for s in run.steps if s.state == "pending" and set(s.depends) <= done]
+
+
+def step_started(run: Run, name: str, *, now: datetime) -> Run:
+    return _with_step(run, name, state="running", started_at=now)
+
+
+def step_finished(
+    run: Run, name: str, *, exit_code: int | None, now: datetime, reason: str = ""
+) -> Run:
+    """Record a step's end; a failure skips everything downstream of it."""
+    step = run.step(name)
+    succeeded = exit_code == 0 and not reason
+    if run.cancel_requested and not succeeded:
+        state: StepState = "cancelled"
+        reason = reason or "cancelled"
+    else:
+        state = "succeeded" if succeeded else "failed"
+        if not succeeded and not reason:
+            reason = f"exited with code {exit_code}"
+    run = _with_step(
+        run,
+        name,
+        state=state,
+        exit_code=exit_code,
+        finished_at=now,
+        reason=reason,
+        started_at=step.started_at or now,
+    )
+    if state == "failed":
+        run = _skip_downstream(run, name)
+    return settle(run, now=now)
+
+
+def _skip_downstream(run: Run, failed: str) -> Run:
+    below = dependents({s.name: s.depends for s in run.steps})
+    todo, seen = list(below[failed]), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(below[name])
+    steps = tuple(
+        replace(s, state="skipped", reason=f"upstream step {failed!r} failed")
+        if s.name in seen and s.state == "pending"
+        else s
+        for s in run.steps
+    )
+    return replace(run, steps=steps)
+
+
+def settle(run: Run, *, now: datetime) -> Run:
+    """End the run when nothing runs and nothing more can start."""
+    if run.state != "running":
+        return run
+    if any(s.state == "running" for s in run.steps):
+        return run
+    if ready_steps(run):
+        return run
+    states = {s.state for s in run.steps}
+    if run.cancel_requested:
+        steps = tuple(
+            replace(s, state="cancelled", reason=s.reason or "cancelled")
+            if s.state == "pending"
+            else s
+            for s in run.steps
+        )
+        return replace(run, state="cancelled", finished_at=now, steps=steps)
+    if states <= {"succeeded"}:
+        return replace(run, state="succeeded", finished_at=now)
+    failed = [s.name for s in run.steps if s.state == "failed"]
+    steps = tuple(
+        replace(s, state="skipped", reason=s.reason or "the run failed")
+        if s.state == "pending"
+        else s
+        for s in run.steps
+    )
+    return replace(
+        run,
+        state="failed",
+        finished_at=now,
+        reason=run.reason or f"step(s) failed: {', '.join(failed)}",
+        steps=steps,
+    )
+
+
+def request_cancel(run: Run, *, now: datetime, reason: str) -> Run:
+    """Ask a run to stop: pending runs end at once; running ones once their steps stop."""
+    if not run.active:
+        return run
+    if run.state == "pending":
+        steps = tuple(replace(s, state="cancelled", reason=reason) for s in run.steps)
+        return replace(
+            run,
+            state="cancelled",
+            reason=reason,
+            finished_at=now,
+            steps=steps,
+            cancel_requested=True,
+        )
+    run = replace(run, cancel_requested=True, reason=reason)
+    return settle(run, now=now)
+
+
+def fail_run(run: Run, *, now: datetime, reason: str) -> Run:
+    """End an active run as failed (a prerequisite timed out, the daemon restarted...)."""
+    steps = tuple(
+        replace(s, state="failed", finished_at=now, reason=reason)
+        if s.state == "running"
+        else replace(s, state="skipped", reason=reason)
+        if s.state == "pending"
+        else s
+        for s in run.steps
+    )
+    return replace(run, state="failed", reason=reason, finished_at=now, steps=steps)
+
+
+def _with_step(run: Run, name: str, **changes: Any) -> Run:
+    run.step(name)  # raises KeyError for an unknown step
+    return replace(
+        run, steps=tuple(replace(s, **changes) if s.name == name else s for s in run.steps)
+    )
