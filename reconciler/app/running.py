@@ -233,10 +233,11 @@ class Executor:
 
     def _start_step(self, run: Run, name: str, *, now: datetime) -> Run:
         spec = next(s for s in run.spec["spec"]["dag"] if s["name"] == name)["spec"] or {}
+        before = run
         run = step_started(run, name, now=now)
         if not spec.get("stack"):  # a no-op step: succeeds at once
             run = step_finished(run, name, exit_code=0, now=now)
-            self._store(run, steps=[name])
+            self._store(run, steps=changed_steps(before, run))
             return self._after_step(run)
         launch = StepLaunch(
             run,
@@ -248,7 +249,9 @@ class Executor:
             pid = self.runner.start(launch)
         except ReconcilerError as exc:
             run = step_finished(run, name, exit_code=None, now=now, reason=str(exc))
-            self._store(run, steps=[name], event=("StepFailed", f"{name}: {exc}"))
+            self._store(
+                run, steps=changed_steps(before, run), event=("StepFailed", f"{name}: {exc}")
+            )
             return self._after_step(run)
         self.running_steps += 1
         self._store(run, steps=[name])
@@ -263,6 +266,7 @@ class Executor:
             log.warning("result for unknown run %s/%s", result.workspace, result.run_id)
             return
         self.running_steps -= 1
+        before = run
         run = step_finished(
             run,
             result.step,
@@ -274,7 +278,7 @@ class Executor:
         event = None
         if step.state == "failed":
             event = ("StepFailed", f"{result.step}: {step.reason}")
-        self._store(run, steps=[s.name for s in run.steps if s.state != "pending"], event=event)
+        self._store(run, steps=changed_steps(before, run), event=event)
         self.runs[key] = self._after_step(run)
         if not self.runs[key].active:
             del self.runs[key]
@@ -315,3 +319,9 @@ class Executor:
             state = "active"
         if workflow.state != state:
             self.backend.set_state(run.key, state)
+
+
+def changed_steps(before: Run, after: Run) -> list[str]:
+    """Steps whose state differs: only those rows are written (a big DAG stays linear)."""
+    # The state machine replaces only the steps it changes, so identity is the test.
+    return [new.name for old, new in zip(before.steps, after.steps, strict=True) if old is not new]

@@ -15,6 +15,7 @@ Every function returns a new ``Run``; the drivers store it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -92,11 +93,18 @@ class Run:
     def active(self) -> bool:
         return self.state in ACTIVE_RUN_STATES
 
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        return {step.name: i for i, step in enumerate(self.steps)}
+
+    def position(self, name: str) -> int:
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise KeyError(f"run {self.run_id} has no step {name!r}") from None
+
     def step(self, name: str) -> StepRun:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(f"run {self.run_id} has no step {name!r}")
+        return self.steps[self.position(name)]
 
     @property
     def duration_seconds(self) -> float | None:
@@ -166,10 +174,16 @@ def ready_steps(run: Run) -> list[str]:
     """
     if run.state != "running" or run.cancel_requested:
         return []
-    if any(s.state == "failed" for s in run.steps):
-        return []
-    done = {s.name for s in run.steps if s.state == "succeeded"}
-    return [s.name for s in run.steps if s.state == "pending" and set(s.depends) <= done]
+    done: set[str] = set()
+    pending: list[StepRun] = []
+    for step in run.steps:  # one pass: this runs after every step of a big DAG
+        if step.state == "succeeded":
+            done.add(step.name)
+        elif step.state == "pending":
+            pending.append(step)
+        elif step.state == "failed":
+            return []
+    return [s.name for s in pending if done.issuperset(s.depends)]
 
 
 def step_started(run: Run, name: str, *, now: datetime) -> Run:
@@ -288,7 +302,7 @@ def fail_run(run: Run, *, now: datetime, reason: str) -> Run:
 
 
 def _with_step(run: Run, name: str, **changes: Any) -> Run:
-    run.step(name)  # raises KeyError for an unknown step
-    return replace(
-        run, steps=tuple(replace(s, **changes) if s.name == name else s for s in run.steps)
-    )
+    steps = list(run.steps)
+    index = run.position(name)  # raises KeyError for an unknown step
+    steps[index] = replace(steps[index], **changes)
+    return replace(run, steps=tuple(steps))

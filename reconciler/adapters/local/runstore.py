@@ -110,14 +110,22 @@ class RunsMixin:
         event: tuple[str, str] | None = None,
     ) -> None:
         """Store a run's state and its steps' (all, or just ``steps``); event: (kind, message)."""
-        values = self._run_values(run)
+        header = (
+            run.state,
+            run.reason,
+            int(run.cancel_requested),
+            _maybe_text(run.started_at),
+            _maybe_text(run.finished_at),
+            run.workspace,
+            run.run_id,
+        )
         with self._lock, self._sqlite_errors(f"save run {run.run_id}"), self._transaction() as txn:
             # cancel_requested only ever goes up: a cancel asked for elsewhere is never lost.
             cursor = txn.conn.execute(
                 "UPDATE runs SET state = ?, reason = ?, "
                 "cancel_requested = MAX(cancel_requested, ?), started_at = ?, "
                 "finished_at = ? WHERE workspace = ? AND run_id = ?",
-                (values[10], values[11], values[12], values[14], values[15], values[0], values[1]),
+                header,
             )
             if cursor.rowcount != 1:
                 raise TerminalError(f"run {run.workspace}/{run.run_id} does not exist")

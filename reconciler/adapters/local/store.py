@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,10 +237,8 @@ class LocalStore(RunsMixin):
                 check_same_thread=False,  # shared by threads, serialized by self._lock
             )
         try:
-            with self._lock, self._sqlite_errors("open the state database"):
-                self._conn.row_factory = sqlite3.Row
-                self._configure()
-                self.migrations_applied = self._migrate()
+            self._conn.row_factory = sqlite3.Row
+            self.migrations_applied = self._open_with_retries()
         except BaseException:
             self._conn.close()
             raise
@@ -411,6 +410,20 @@ class LocalStore(RunsMixin):
             return max(versions, default=0)
 
     # -- opening ----------------------------------------------------------
+
+    def _open_with_retries(self, attempts: int = 40) -> tuple[int, ...]:
+        """Configure and migrate. Stores opened at the same moment race for the WAL switch
+        and the first migrations, where SQLite answers "locked" without waiting: retry."""
+        for attempt in range(attempts):
+            try:
+                with self._lock, self._sqlite_errors("open the state database"):
+                    self._configure()
+                    return self._migrate()
+            except TransientError:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.05 * (1 + attempt % 4))
+        raise AssertionError("unreachable")
 
     def _configure(self) -> None:
         conn = self._conn
