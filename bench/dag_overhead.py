@@ -75,7 +75,8 @@ def main(steps: int = 1000) -> dict[str, float]:
             executor.step(wait=0.5)
         ours = time.perf_counter() - started
         current = store.get_run("public", "chain-m1")
-        assert current is not None and current.state == "succeeded", current
+        if current is None or current.state != "succeeded":
+            raise SystemExit(f"the benchmark run did not succeed: {current}")
     overhead_ms = (ours - bare) / steps * 1000
     print(
         f"{steps}-step chain: {ours:.2f} s; bare spawns: {bare:.2f} s; "
