@@ -19,7 +19,7 @@ from reconciler.app.syncing import Syncer, SyncOptions, SyncOutcome
 from reconciler.app.wiring import build_source, build_store, deletion_policy
 from reconciler.ports import ReconcilerError
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # messages never wrapped
 # Off a terminal (pipes, CI logs) tables keep their full width instead of 80 columns.
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -286,3 +286,47 @@ def test_sigterm_stops_running_steps_and_fails_their_runs(tmp_path: Path) -> Non
     assert run is not None
     assert run.state == "failed"
     assert run.steps[0].reason == "killed by SIGTERM"
+
+
+MINUTELY = """version: v2alpha
+name: minutely
+type: workflow
+spec:
+  schedule:
+    crons: ["* * * * *"]
+    timezone: Europe/Berlin
+  dag:
+    - name: tick
+      spec:
+        stack: container
+        stackSpec: {image: alpine:3.20, command: [sh, -c, "sleep 3"]}
+"""
+
+
+@pytest.mark.timeout(180)
+def test_daemon_fires_a_slot_once_across_kill_9(tmp_path: Path) -> None:
+    """A real minute boundary: the slot's run is created once, on time, and a daemon killed
+    and restarted during that run creates nothing twice."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "minutely.yaml").write_text(MINUTELY)
+    state = tmp_path / "state"
+    daemon = start_daemon(repo, state)
+    try:
+        wait_for(lambda: "minutely" in applied_names(state))
+        store = LocalStore(state, clock=SystemClock())
+        wait_for(lambda: bool(store.runs_of("public/minutely")), seconds=75)  # type: ignore[arg-type]
+        (first,) = store.runs_of("public/minutely")  # type: ignore[arg-type]
+        assert first.trigger == "schedule"
+        assert first.slot is not None
+        assert first.run_id.endswith(first.slot.strftime("%Y%m%dt%H%Mz"))
+        assert (first.created_at - first.slot).total_seconds() < 5  # on time
+        daemon.kill()
+        daemon.wait(timeout=10)
+        daemon = start_daemon(repo, state)
+        wait_for(lambda: (r := store.get_run("public", first.run_id)) is not None and not r.active)
+        runs = [r for r in store.runs_of("public/minutely") if r.slot == first.slot]  # type: ignore[arg-type]
+        assert len(runs) == 1
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)

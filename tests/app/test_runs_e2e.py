@@ -241,3 +241,86 @@ def test_independent_steps_really_run_at_the_same_time(tmp_path: Path) -> None:
     assert invoke("sync", "--repo", str(repo), "--state-dir", str(state))[0] == 0
     code, out, err = invoke("run", "-n", "barrier", "--wait", "--state-dir", str(state))
     assert code == 0, (out, err)
+
+
+UPSTREAM = """version: v2alpha
+name: upstream
+type: workflow
+spec:
+  dag:
+    - name: produce
+      spec:
+        stack: container
+        stackSpec: {image: alpine:3.20, command: ["true"]}
+"""
+
+DOWNSTREAM = """version: v2alpha
+name: downstream
+type: workflow
+spec:
+  dependencies:
+    - workflow: upstream
+      within: 1h
+      timeout: TIMEOUT
+    - volume: landing
+      timeout: TIMEOUT
+  dag:
+    - name: consume
+      spec:
+        stack: container
+        stackSpec: {image: alpine:3.20, command: ["true"]}
+"""
+
+
+def test_prerequisites_hold_a_run_then_let_it_through(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "upstream.yaml").write_text(UPSTREAM)
+    (repo / "downstream.yaml").write_text(DOWNSTREAM.replace("TIMEOUT", "1h"))
+    state = tmp_path / "state"
+    assert invoke("sync", "--repo", str(repo), "--state-dir", str(state))[0] == 0
+    code, out, _ = invoke("run", "-n", "downstream", "--state-dir", str(state))
+    assert code == 0
+    run_id = out.strip()
+    # run the executor briefly: the run must stay pending, saying why
+    from reconciler.adapters.local.runner import LocalStepRunner
+    from reconciler.adapters.local.secrets import SecretStore
+    from reconciler.app.running import Executor
+
+    clock = SystemClock()
+    store = LocalStore(state, clock=clock)
+    executor = Executor(
+        store, LocalStepRunner(state, secrets=SecretStore(state), clock=clock), clock=clock
+    )
+    executor.notify()
+    executor.step(wait=0.1)
+    run = store.get_run("public", run_id)
+    assert run is not None
+    assert run.state == "pending"
+    assert run.reason == "waiting: workflow public/upstream has not run"
+    assert invoke("run", "-n", "upstream", "--wait", "--state-dir", str(state))[0] == 0
+    executor.notify()
+    executor.step(wait=0.1)
+    run = store.get_run("public", run_id)
+    assert run is not None
+    assert run.reason == "waiting: volume 'landing' does not exist yet"
+    (state / "volumes" / "landing").mkdir(parents=True)
+    for _ in range(50):
+        executor.step(wait=0.1)
+        run = store.get_run("public", run_id)
+        assert run is not None
+        if not run.active:
+            break
+    assert run.state == "succeeded"
+
+
+def test_unmet_prerequisite_fails_after_its_timeout(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "upstream.yaml").write_text(UPSTREAM)
+    (repo / "downstream.yaml").write_text(DOWNSTREAM.replace("TIMEOUT", "1s"))
+    state = tmp_path / "state"
+    assert invoke("sync", "--repo", str(repo), "--state-dir", str(state))[0] == 0
+    code, _, err = invoke("run", "-n", "downstream", "--wait", "--state-dir", str(state))
+    assert code == 1
+    assert "prerequisite not met in time: workflow public/upstream has not run" in err
