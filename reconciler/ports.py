@@ -9,7 +9,7 @@ or ``TerminalError`` (report and stall); no library exception crosses a port.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -217,6 +217,28 @@ class RunBackend(Backend, Protocol):
 
     def request_cancel(self, workspace: str, run_id: str, *, reason: str) -> bool: ...
 
+    def runs_finished_after(self, mark: tuple[datetime, str] | None, *, limit: int) -> list[Run]:
+        """Runs that ended after mark (finished_at, "workspace/run id"), oldest first."""
+        ...
+
+    def get_value(self, key: str) -> str | None: ...
+
+    def set_value(self, key: str, value: str) -> None: ...
+
     def set_step_pid(self, run: Run, step: str, pid: int | None) -> None: ...
 
     def step_pids(self, run: Run) -> dict[str, int]: ...
+
+
+class StatusSink(Protocol):
+    """Where status reports go: a git branch."""
+
+    def push(
+        self,
+        writes: Mapping[str, bytes | None],
+        *,
+        message: str,
+        prune: Callable[[Mapping[str, str]], Iterable[str]] | None = None,
+    ) -> str:
+        """Commit writes (None deletes) and push as one commit; return its id."""
+        ...

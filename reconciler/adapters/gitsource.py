@@ -78,16 +78,16 @@ _MODE_FILE = 0o100000
 _MODE_LINK = 0o120000
 _MODE_GITLINK = 0o160000
 _MAX_LINK_HOPS = 40  # as Linux's MAXSYMLINKS
-_OBJECT_ID = re.compile(r"^[0-9a-f]{40}$")
+OBJECT_ID = re.compile(r"^[0-9a-f]{40}$")
 _BAD_BRANCH = re.compile(r"(^[-/.])|\.\.|//|@\{|[\x00-\x20~^:?*\[\\\x7f]|(\.lock|/|\.)$")
-_DETAIL_LIMIT = 300
+DETAIL_LIMIT = 300
 
 Transport = Literal["file", "http", "ssh", "git"]
 ObjectReader = Callable[[bytes, str], bytes]  # (binary id, expected type) -> object bytes
 
 
 @dataclass(frozen=True)
-class _Remote:
+class Remote:
     git_url: str  # what git is given: no password or token in it
     display_url: str
     transport: Transport
@@ -95,7 +95,7 @@ class _Remote:
     url_password: str | None
 
 
-def _parse_remote(url: str) -> _Remote:
+def parse_remote(url: str) -> Remote:
     if not url or url.startswith("-"):
         raise ValueError(f"git URL {url!r} is not a repository URL")
     if "://" in url:
@@ -106,7 +106,7 @@ def _parse_remote(url: str) -> _Remote:
         rest = url.split("://", 1)[1][len(parts.netloc) :]
         if scheme in ("http", "https"):
             clean = f"{scheme}://{hostport}{rest}"
-            return _Remote(
+            return Remote(
                 clean,
                 clean,
                 "http",
@@ -116,21 +116,21 @@ def _parse_remote(url: str) -> _Remote:
         if scheme in ("ssh", "git+ssh", "ssh+git"):
             kept = f"{user}@" if at and user else ""
             clean = f"{scheme}://{kept}{hostport}{rest}"
-            return _Remote(clean, clean, "ssh", None, None)
+            return Remote(clean, clean, "ssh", None, None)
         if scheme == "file":
-            return _Remote(url, url, "file", None, None)
+            return Remote(url, url, "file", None, None)
         if scheme == "git":
-            return _Remote(url, url, "git", None, None)
+            return Remote(url, url, "git", None, None)
         raise ValueError(f"git URL {url!r} has an unsupported scheme {scheme!r}")
     # git's rule: a colon before any slash makes it scp-style user@host:path
     first_colon, first_slash = url.find(":"), url.find("/")
     if first_colon > 0 and (first_slash == -1 or first_colon < first_slash):
-        return _Remote(url, url, "ssh", None, None)
+        return Remote(url, url, "ssh", None, None)
     local = os.path.abspath(url)
-    return _Remote(local, local, "file", None, None)
+    return Remote(local, local, "file", None, None)
 
 
-def _check_branch(branch: str) -> None:
+def check_branch(branch: str) -> None:
     if not branch or _BAD_BRANCH.search(branch):
         raise ValueError(f"{branch!r} is not a valid git branch name")
 
@@ -142,7 +142,7 @@ def _normalize_path(path: str) -> str:
     return "/".join(parts)
 
 
-def _mirror_name(display_url: str) -> str:
+def mirror_name(display_url: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", display_url).strip("-.")[-40:].strip("-.")
     digest = hashlib.sha256(display_url.encode()).hexdigest()[:16]
     return f"{slug or 'repo'}-{digest}.git"
@@ -152,8 +152,8 @@ def _ssh_option(name: str, value: str) -> str:
     return f'{name}="{value}"' if any(c.isspace() for c in value) else f"{name}={value}"
 
 
-def _environment(
-    remote: _Remote, credentials: GitCredentials, *, timeout: float
+def environment(
+    remote: Remote, credentials: GitCredentials, *, timeout: float
 ) -> tuple[dict[str, str], tuple[str, ...]]:
     """The environment of network git commands, and the secret strings in it."""
     env = {
@@ -205,18 +205,18 @@ def _environment(
 
 
 @dataclass(frozen=True)
-class _Rule:
+class Rule:
     pattern: re.Pattern[str]
     kind: Literal["auth", "ref", "unreachable"]
     advice: str  # formatted with url, host, branch
 
 
-def _rule(pattern: str, kind: Literal["auth", "ref", "unreachable"], advice: str) -> _Rule:
-    return _Rule(re.compile(pattern, re.IGNORECASE), kind, advice)
+def _rule(pattern: str, kind: Literal["auth", "ref", "unreachable"], advice: str) -> Rule:
+    return Rule(re.compile(pattern, re.IGNORECASE), kind, advice)
 
 
 # The first rule matching a line of git's stderr decides; messages are LC_ALL=C English.
-_RULES = (
+RULES = (
     _rule(
         r"host key verification failed|remote host identification has changed"
         r"|host key is known|host key for .* has changed",
@@ -264,7 +264,7 @@ _RULES = (
     ),
 )
 
-_BOILERPLATE = re.compile(
+BOILERPLATE = re.compile(
     r"^(hint:|please make sure you have the correct access rights|and the repository exists"
     r"|fatal: could not read from remote repository)",
     re.IGNORECASE,
@@ -288,16 +288,16 @@ class GitSource:
         credentials: GitCredentials = GitCredentials(),
         timeout_seconds: float = 60.0,
     ) -> None:
-        self._remote = _parse_remote(url)
-        _check_branch(branch)
+        self._remote = parse_remote(url)
+        check_branch(branch)
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
         self._branch = branch
         self._path = _normalize_path(path)
         self._cache_dir = Path(cache_dir)
-        self._mirror_dir = self._cache_dir / _mirror_name(self._remote.display_url)
+        self._mirror_dir = self._cache_dir / mirror_name(self._remote.display_url)
         self._timeout = timeout_seconds
-        self._network_env, self._secrets = _environment(
+        self._network_env, self._secrets = environment(
             self._remote, credentials, timeout=timeout_seconds
         )
         self._repo: Repo | None = None
@@ -323,7 +323,7 @@ class GitSource:
             out = self._run_network("ls-remote", "--", self._remote.git_url, ref)
         for line in out.decode("utf-8", "replace").splitlines():
             commit_id, _, name = line.partition("\t")
-            if name == ref and _OBJECT_ID.match(commit_id):
+            if name == ref and OBJECT_ID.match(commit_id):
                 return Revision(commit_id)
         raise SourceRefError(
             f"branch '{self._branch}' does not exist on {self.display_url}; "
@@ -342,7 +342,7 @@ class GitSource:
         with self._lock:
             blobs: dict[str, bytes] = {}
             for blob_id in blob_ids:
-                if not _OBJECT_ID.match(blob_id):
+                if not OBJECT_ID.match(blob_id):
                     raise SourceCacheError(f"{blob_id!r} is not a git blob id")
                 if blob_id not in blobs:
                     blobs[blob_id] = self._read_object(bytes.fromhex(blob_id), "blob")
@@ -351,7 +351,7 @@ class GitSource:
     def commits_between(self, old: Revision | None, new: Revision) -> list[CommitInfo]:
         with self._lock:
             newest = _parse_commit(new, self._ensure_commit(new)).info
-            if old is None or not _OBJECT_ID.match(old) or self._object_type(old) != "commit":
+            if old is None or not OBJECT_ID.match(old) or self._object_type(old) != "commit":
                 return [newest]
             status, _ = self._run_local("merge-base", "--is-ancestor", old, new, ok=(0, 1))
             if status == 1:  # not an ancestor: the branch was force-pushed
@@ -407,7 +407,7 @@ class GitSource:
 
     def _ensure_commit(self, revision: Revision) -> bytes:
         """The raw commit object, fetching the branch first when it is not here."""
-        if not _OBJECT_ID.match(revision):
+        if not OBJECT_ID.match(revision):
             raise SourceRefError(f"{revision!r} is not a git commit id (40 hex digits)")
         kind = self._object_type(revision)
         if kind is None:
@@ -533,7 +533,7 @@ class GitSource:
         return int(status), out_bytes, str(err or "")
 
     def _network_error(self, command: str, status: int, stderr: str) -> Exception:
-        host = _host_of(self._remote)
+        host = host_of(self._remote)
         values = {"url": self.display_url, "host": host, "branch": self._branch}
         if _timed_out(stderr):
             return SourceUnreachableError(
@@ -542,7 +542,7 @@ class GitSource:
                 "or raise the timeout"
             )
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-        for rule in _RULES:
+        for rule in RULES:
             for line in lines:
                 if rule.pattern.search(line):
                     message = f"{rule.advice.format(**values)} (git: {self._detail(line)})"
@@ -558,11 +558,11 @@ class GitSource:
 
     def _detail(self, stderr: str) -> str:
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-        useful = [line for line in lines if not _BOILERPLATE.match(line)] or lines
+        useful = [line for line in lines if not BOILERPLATE.match(line)] or lines
         text = useful[0] if useful else "no message"
         text = re.sub(r"^(fatal|error): ", "", text)
         text = self._scrub(text)
-        return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+        return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 1] + "…"
 
     def _scrub(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
@@ -752,7 +752,7 @@ def _timed_out(stderr: str) -> bool:
     )
 
 
-def _host_of(remote: _Remote) -> str:
+def host_of(remote: Remote) -> str:
     if remote.transport == "file":
         return "the local file system"
     if "://" in remote.git_url:

@@ -32,10 +32,11 @@ from reconciler.app.cli_common import (
     stderr,
 )
 from reconciler.app.daemon import Daemon, LoopOptions
+from reconciler.app.reporting import ReportingOptions, StatusReporter
 from reconciler.app.running import Executor, ExecutorOptions
 from reconciler.app.scheduling import Scheduler
 from reconciler.app.validation import validate_paths
-from reconciler.app.wiring import build_store, deletion_policy
+from reconciler.app.wiring import build_status_writer, build_store, deletion_policy, status_enabled
 from reconciler.core.schemas import workflow_json_schema
 from reconciler.core.slots import CatchUpPolicy
 from reconciler.ports import ReconcilerError
@@ -149,6 +150,21 @@ def daemon(once: bool, **flags: Any) -> None:
             ),
             on_created=executor.notify,
         )
+    reporter = None
+    if not once and status_enabled(settings):
+        assert executor is not None
+        secrets = SecretStore(settings.state_dir)
+        reporter = StatusReporter(
+            syncer.backend,  # type: ignore[arg-type]
+            build_status_writer(settings),
+            clock=SystemClock(),
+            read_log=runner.read_log,
+            secret_values=lambda: all_secret_values(secrets),
+            options=ReportingOptions(
+                keep_succeeded=settings.status_keep_succeeded,
+                keep_failed=settings.status_keep_failed,
+            ),
+        )
     loop = Daemon(
         syncer,
         options=LoopOptions(
@@ -156,10 +172,12 @@ def daemon(once: bool, **flags: Any) -> None:
             jitter=settings.jitter,
             once=once,
             shutdown_grace=settings.shutdown_grace,
+            status_flush_interval=settings.status_flush_interval,
         ),
         on_outcome=report_outcome,
         scheduler=scheduler,
         executor=executor,
+        reporter=reporter,
     )
     loop.install_signal_handlers()
     if settings.watch and settings.repo is not None:
@@ -242,6 +260,11 @@ def plan(
 
 
 lifecycle.register(cli)
+
+
+def all_secret_values(secrets: SecretStore) -> list[str]:
+    """Every value in the local secret store: what the status branch must never show."""
+    return [value for secret_id in secrets.list() for value in secrets.get(secret_id).values()]
 
 
 def main() -> None:

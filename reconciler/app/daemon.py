@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from reconciler.app.reporting import StatusReporter
 from reconciler.app.running import Executor
 from reconciler.app.scheduling import Scheduler
 from reconciler.app.syncing import Syncer, SyncOutcome
+from reconciler.ports import ReconcilerError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class LoopOptions:
     jitter: float = 0.1  # share of the interval, either way
     once: bool = False
     shutdown_grace: float = 30.0
+    status_flush_interval: float = 30.0
 
 
 class Daemon:
@@ -44,6 +47,7 @@ class Daemon:
         on_outcome: Callable[[SyncOutcome], None] | None = None,
         scheduler: Scheduler | None = None,
         executor: Executor | None = None,
+        reporter: StatusReporter | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.syncer = syncer
@@ -51,6 +55,8 @@ class Daemon:
         self.on_outcome = on_outcome
         self.scheduler = scheduler
         self.executor = executor
+        self.reporter = reporter
+        self.status_failures = 0
         self.rng = rng or random.Random()
         self.stop_event = threading.Event()
         self.poke_event = threading.Event()
@@ -82,7 +88,10 @@ class Daemon:
             workers.append(threading.Thread(target=self._execute, name="executor"))
         if self.scheduler is not None:
             workers.append(threading.Thread(target=self._schedule, name="scheduler"))
-        for worker in workers:
+        reporting = None
+        if self.reporter is not None:
+            reporting = threading.Thread(target=self._report, name="status")
+        for worker in [*workers, *([reporting] if reporting else [])]:
             worker.start()
         try:
             while not self.stop_event.is_set():
@@ -93,8 +102,24 @@ class Daemon:
             self.stop()
             for worker in workers:
                 worker.join()
+            if reporting is not None:
+                reporting.join()
+                self.flush_status()  # what the last runs and the shutdown left
         log.info("daemon stopped")
         return 0
+
+    def flush_status(self) -> None:
+        """Push pending status; a failure is logged and counted, the batch stays for later."""
+        assert self.reporter is not None
+        try:
+            self.reporter.flush()
+        except ReconcilerError as exc:
+            self.status_failures += 1
+            log.warning("status push failed (%s); the batch is kept and retried", exc)
+
+    def _report(self) -> None:
+        while not self.stop_event.wait(self.options.status_flush_interval):
+            self.flush_status()
 
     def _sync(self) -> SyncOutcome:
         outcome = self.syncer.sync()

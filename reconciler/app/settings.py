@@ -53,6 +53,18 @@ class Settings(BaseModel):
     starting_deadline: float = Field(default=3600.0, gt=0, description="seconds")
     max_parallel: int = Field(default=8, ge=1, le=1024, description="steps at once")
     shutdown_grace: float = Field(default=30.0, ge=0, description="seconds steps get at stop")
+    status_enabled: bool | None = Field(
+        default=None, description="status branch on/off; default: on for git sources"
+    )
+    status_repo: str | None = Field(default=None, description="default: the source repo")
+    status_branch: str = "status"
+    status_flush_interval: float = Field(default=30.0, gt=0)
+    status_author_name: str = "Workflow Reconciler"
+    status_author_email: str = "reconciler@localhost"
+    status_signing_key: Path | None = None
+    status_keep_succeeded: int = Field(default=20, ge=1)
+    status_keep_failed: int = Field(default=50, ge=1)
+    status_squash_depth: int | None = Field(default=None, ge=2)
 
     def token(self) -> str | None:
         if self.git_token:

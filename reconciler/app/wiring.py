@@ -8,6 +8,7 @@ from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.dirsource import DirectorySource
 from reconciler.adapters.gitsource import GitCredentials, GitSource
 from reconciler.adapters.local.store import LocalStore
+from reconciler.adapters.statusbranch import StatusWriter
 from reconciler.app.settings import Settings, SettingsError
 from reconciler.core.planning import DeletionPolicy
 from reconciler.ports import Source
@@ -21,6 +22,41 @@ def is_git_location(repo: str) -> bool:
     return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
 
 
+def git_credentials(settings: Settings) -> GitCredentials:
+    return GitCredentials(
+        token=settings.token(),
+        username=settings.git_username,
+        ssh_key_file=settings.ssh_key_file,
+        known_hosts_file=settings.known_hosts_file,
+        strict_host_key_checking=not settings.insecure_skip_host_key_check,
+    )
+
+
+def status_enabled(settings: Settings) -> bool:
+    """On for git sources unless switched off; a plain directory has no branch to write."""
+    if settings.status_enabled is not None:
+        return settings.status_enabled
+    return settings.repo is not None and not settings.watch and is_git_location(settings.repo)
+
+
+def build_status_writer(settings: Settings) -> StatusWriter:
+    url = settings.status_repo or settings.repo
+    if url is None:
+        raise SettingsError("the status branch needs a repository: set status_repo or repo")
+    return StatusWriter(
+        url,
+        branch=settings.status_branch,
+        source_branch=settings.branch,
+        cache_dir=settings.state_dir / "git",
+        credentials=git_credentials(settings),
+        author_name=settings.status_author_name,
+        author_email=settings.status_author_email,
+        signing_key=settings.status_signing_key,
+        timeout_seconds=settings.git_timeout,
+        squash_depth=settings.status_squash_depth,
+    )
+
+
 def build_source(settings: Settings) -> Source:
     """A git source for URLs and repositories; a directory source for plain folders or --watch."""
     if settings.repo is None:
@@ -30,13 +66,7 @@ def build_source(settings: Settings) -> Source:
         if not directory.is_dir():
             raise SettingsError(f"--repo {settings.repo}: no such directory {directory}")
         return DirectorySource(directory)
-    credentials = GitCredentials(
-        token=settings.token(),
-        username=settings.git_username,
-        ssh_key_file=settings.ssh_key_file,
-        known_hosts_file=settings.known_hosts_file,
-        strict_host_key_checking=not settings.insecure_skip_host_key_check,
-    )
+    credentials = git_credentials(settings)
     url = settings.repo
     if "://" not in url and Path(url).exists():
         url = Path(url).resolve().as_uri()

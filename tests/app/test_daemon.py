@@ -330,3 +330,56 @@ def test_daemon_fires_a_slot_once_across_kill_9(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.communicate(timeout=60)
+
+
+def test_daemon_reports_runs_on_the_status_branch(tmp_path: Path) -> None:
+    remote = Remote(tmp_path)
+    remote.copy_examples()
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "daemon",
+            "--repo",
+            remote.url,
+            "--state-dir",
+            str(state),
+            "--interval",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "RECONCILER_STATUS_FLUSH_INTERVAL": "0.5",
+            "RECONCILER_SHUTDOWN_GRACE": "1",
+        },
+    )
+    try:
+        wait_for(lambda: len(applied_names(state)) == 4)
+        result = CliRunner().invoke(cli, ["run", "-n", "daily-report", "--state-dir", str(state)])
+        run_id = result.stdout.strip()
+        report = f"workflows/public/daily-report/runs/{run_id}.md"
+
+        def reported() -> bool:
+            done = subprocess.run(
+                ["git", "cat-file", "-e", f"status:{report}"], cwd=remote.bare, capture_output=True
+            )
+            return done.returncode == 0
+
+        wait_for(reported)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    files = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", "status"],
+        cwd=remote.bare,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {"README.md", "sync.json", "workflows/public/daily-report/status.json"} <= set(files)

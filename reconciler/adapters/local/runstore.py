@@ -237,6 +237,34 @@ class RunsMixin:
     def set_ledger(self, key: WorkflowKey, ledger: Ledger) -> None:
         self.create_runs([], ledgers=[(key, ledger)])
 
+    def runs_finished_after(self, mark: tuple[datetime, str] | None, *, limit: int) -> list[Run]:
+        """Runs that ended after ``mark`` (finished_at, "workspace/run id"), oldest first."""
+        after = ("", "") if mark is None else (to_text(mark[0]), mark[1])
+        with self._lock, self._sqlite_errors("read finished runs"):
+            rows = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE finished_at IS NOT NULL AND "
+                "(finished_at, workspace || '/' || run_id) > (?, ?) "
+                "ORDER BY finished_at, workspace || '/' || run_id LIMIT ?",
+                (*after, limit),
+            ).fetchall()
+            return [self._run_from_row(row) for row in rows]
+
+    def get_value(self, key: str) -> str | None:
+        """A small durable value (watermarks of what was reported)."""
+        with self._lock, self._sqlite_errors(f"read {key}"):
+            row = self._conn.execute(
+                "SELECT value FROM settings_kv WHERE key = ?", (key,)
+            ).fetchone()
+            return None if row is None else str(row["value"])
+
+    def set_value(self, key: str, value: str) -> None:
+        with self._lock, self._sqlite_errors(f"write {key}"), self._transaction() as txn:
+            txn.write(
+                "INSERT INTO settings_kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     # -- events -------------------------------------------------------------
 
     def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None:

@@ -145,6 +145,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX events_key ON events (key, id);
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE settings_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE INDEX runs_finished ON runs (finished_at, workspace, run_id);
+        """,
+    ),
 ]
 
 _CREATE_MIGRATIONS_TABLE = (
