@@ -220,3 +220,15 @@ def test_retention_removes_old_reports(tmp_path: Path) -> None:
     assert reports == sorted(
         f"workflows/public/daily-report/runs/{r.run_id}.json" for r in runs[-2:]
     )
+
+
+def test_broken_manifest_on_main_shows_in_sync_json(world: World) -> None:
+    world.remote.write("workflows/broken.yaml", "version: v2alpha\nname: Broken\ntype: workflow\n")
+    world.remote.commit("Break something")
+    assert world.syncer.sync().result == "failed"
+    assert world.reporter.flush() is not None
+    sync = json.loads(world.show("sync.json"))
+    assert sync["result"] == "failed"
+    assert {e["path"] for e in sync["errors"]} == {"workflows/broken.yaml"}
+    assert sync["source"]["message"] == "Break something"
+    assert "sync.json" in world.show("README.md")
