@@ -69,9 +69,7 @@ def main(count: int = 1000) -> dict[str, float]:
         elapsed = time.perf_counter() - started
         if flushed is None or flushed.runs != count:
             raise SystemExit(f"expected {count} runs in one batch, got {flushed}")
-    print(
-        f"{count} run reports ({flushed.files} files) committed and pushed: {elapsed:.2f} s"
-    )
+    print(f"{count} run reports ({flushed.files} files) committed and pushed: {elapsed:.2f} s")
     return {"runs": count, "seconds": elapsed, "files": flushed.files}
 
 
