@@ -20,7 +20,12 @@ from reconciler.core.projections import StepEnvironment
 from reconciler.core.runs import Run, RunState
 from reconciler.core.slots import Ledger
 from reconciler.core.syncs import SyncRecord
-from reconciler.core.workflows import AppliedWorkflow, WorkflowApply, WorkflowState
+from reconciler.core.workflows import (
+    AppliedWorkflow,
+    InventoryEntry,
+    WorkflowApply,
+    WorkflowState,
+)
 
 
 class ReconcilerError(Exception):
@@ -105,6 +110,10 @@ class Backend(Protocol):
         """The inventory: every non-deleted workflow this owner applied."""
         ...
 
+    def inventory(self, *, owner: str) -> dict[WorkflowKey, InventoryEntry]:
+        """The inventory for planning: keys, paths and hashes, specs on demand."""
+        ...
+
     def all_workflows(self, *, include_deleted: bool = False) -> list[AppliedWorkflow]:
         """Every workflow, of any owner."""
         ...
@@ -115,8 +124,11 @@ class Backend(Protocol):
         """Create or update; idempotent for the same spec hash and path."""
         ...
 
-    def apply_many(self, requests: Sequence[WorkflowApply]) -> list[AppliedWorkflow]:
-        """Apply all requests, or none of them (raising) when any fails."""
+    def apply_many(
+        self, requests: Sequence[WorkflowApply], *, read_back: bool = True
+    ) -> list[AppliedWorkflow]:
+        """Apply all requests, or none of them (raising) when any fails; the stored rows
+        when read_back, else []."""
         ...
 
     def delete_workflow(self, key: WorkflowKey, *, owner: str) -> None:
@@ -177,6 +189,10 @@ class StepRunner(Protocol):
 class RunBackend(Backend, Protocol):
     """A backend that also keeps runs, the schedule ledger and an event log."""
 
+    def workflows_stamp(self) -> str:
+        """A value that changes whenever any workflow is written (cheap to read)."""
+        ...
+
     def set_suspended(self, key: WorkflowKey, suspended: bool) -> AppliedWorkflow: ...
 
     def set_state(self, key: WorkflowKey, state: WorkflowState) -> AppliedWorkflow: ...
@@ -197,7 +213,11 @@ class RunBackend(Backend, Protocol):
         *,
         steps: Sequence[str] | None = None,
         event: tuple[str, str] | None = None,
-    ) -> None: ...
+        pids: Mapping[str, int] | None = None,
+    ) -> None:
+        """Store the run and its steps (all, or just ``steps``), the event and the steps'
+        process ids, in one transaction."""
+        ...
 
     def get_run(self, workspace: str, run_id: str) -> Run | None: ...
 
@@ -206,6 +226,11 @@ class RunBackend(Backend, Protocol):
     ) -> list[Run]: ...
 
     def active_runs(self) -> list[Run]: ...
+
+    def active_run_flags(self) -> dict[tuple[str, str], bool]:
+        """Every pending or running run, oldest first: (workspace, run id) -> whether a
+        cancel was asked for; without specs or steps, so it is cheap to ask often."""
+        ...
 
     def last_finished_run(self, key: WorkflowKey) -> Run | None: ...
 

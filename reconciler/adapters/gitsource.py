@@ -304,6 +304,7 @@ class GitSource:
         self._lock = threading.RLock()
         self.fetch_count = 0
         self.remote_lookups = 0
+        self._tree_cache: dict[bytes, dict[str, tuple[int, bytes]]] = {}
 
     @property
     def display_url(self) -> str:
@@ -334,7 +335,11 @@ class GitSource:
         with self._lock:
             raw = self._ensure_commit(revision)
             commit = _parse_commit(revision, raw)
-            walk = _TreeWalk(self._read_object, revision=revision, root=commit.tree)
+            if len(self._tree_cache) > TREE_CACHE_LIMIT:
+                self._tree_cache.clear()
+            walk = _TreeWalk(
+                self._read_object, revision=revision, root=commit.tree, trees=self._tree_cache
+            )
             files, problems = walk.list_files(self._path)
             return Snapshot(revision, files, tuple(sorted(problems)), commit.info)
 
@@ -608,14 +613,26 @@ def _ident(value: bytes, encoding: str) -> tuple[str, datetime]:
     return who, datetime.fromtimestamp(int(seconds), tz=UTC)
 
 
+TREE_CACHE_LIMIT = 50_000  # parsed trees kept between snapshots
+
+
 class _TreeWalk:
     """Lists a commit's files below a path, resolving symlinks inside the commit."""
 
-    def __init__(self, read_object: ObjectReader, *, revision: Revision, root: bytes) -> None:
+    def __init__(
+        self,
+        read_object: ObjectReader,
+        *,
+        revision: Revision,
+        root: bytes,
+        trees: dict[bytes, dict[str, tuple[int, bytes]]] | None = None,
+    ) -> None:
         self._read = read_object
         self._revision = revision
         self._root = root
-        self._trees: dict[bytes, dict[str, tuple[int, bytes]]] = {}
+        # Trees are immutable by id: a cache shared across snapshots means a one-file
+        # change re-reads only the trees on that file's path.
+        self._trees: dict[bytes, dict[str, tuple[int, bytes]]] = {} if trees is None else trees
 
     def list_files(self, path: str) -> tuple[dict[str, str], list[Problem]]:
         root = self._root

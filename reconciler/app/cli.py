@@ -104,7 +104,10 @@ def sync(**flags: Any) -> None:
     """Run one reconcile pass; exit 0 when it succeeded, 1 when not."""
     settings = resolve_settings(**flags)
     syncer = make_syncer(settings)
-    outcome = syncer.sync(force=True)
+    try:
+        outcome = syncer.sync(force=True)
+    finally:
+        syncer.close()
     report_outcome(outcome)
     sys.exit(0 if outcome.ok else 1)
 

@@ -80,7 +80,10 @@ class Daemon:
     def run(self) -> int:
         """Loop until stopped; return 0, or 1 when ``once`` and the pass failed."""
         if self.options.once:
-            outcome = self._sync()
+            try:
+                outcome = self._sync()
+            finally:
+                self.syncer.close()
             return 0 if outcome.ok else 1
         workers = []
         if self.executor is not None:
@@ -105,6 +108,7 @@ class Daemon:
             if reporting is not None:
                 reporting.join()
                 self.flush_status()  # what the last runs and the shutdown left
+            self.syncer.close()
         log.info("daemon stopped")
         return 0
 

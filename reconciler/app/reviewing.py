@@ -33,8 +33,8 @@ def review_change(
 ) -> PlanReport:
     """Plan head against base (a revision) or, without base, against the backend."""
     reader = RepositoryReader(repository, path=path)
+    loader = SourceLoader(reader, environ=environ)
     try:
-        loader = SourceLoader(reader, environ=environ)
         head_revision = reader.resolve(head)
         loaded = loader.load(head_revision)
         current: Mapping[WorkflowKey, Current]
@@ -46,7 +46,7 @@ def review_change(
         else:
             if backend is None:
                 raise ValueError("plan needs --base REV or a backend to compare with")
-            current = backend.applied_workflows(owner=owner)
+            current = backend.inventory(owner=owner)
             last = backend.last_sync()
             previous = last.revision if last is not None else None
             commits = reader.commits_between(previous, head_revision)
@@ -66,4 +66,5 @@ def review_change(
         )
         return PlanReport(plan, base_label, head_revision[:12], loaded.errors, now)
     finally:
+        loader.close()
         reader.close()

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from reconciler.core.durations import parse_duration
 from reconciler.core.names import WorkflowKey
 from reconciler.core.projections import default_projections, step_environment
 from reconciler.core.runs import (
     Run,
+    changed_steps,
     fail_run,
     ready_steps,
     request_cancel,
@@ -101,10 +104,7 @@ class Executor:
         if self._reload or self.clock.monotonic() - self._reloaded_at > 1.0:
             self._reload = False
             self._reloaded_at = self.clock.monotonic()
-            for run in self.backend.active_runs():
-                key = (run.workspace, run.run_id)
-                if key not in self.runs or run.cancel_requested != self.runs[key].cancel_requested:
-                    self.runs[key] = run if key not in self.runs else self._merge(run)
+            self._load_runs()
         started = self._advance()
         timeout = 0.0 if started else (self.options.idle_wait if wait is None else wait)
         if self.running_steps == 0 and timeout > 0:
@@ -151,6 +151,22 @@ class Executor:
         return run
 
     # -- the round ------------------------------------------------------------
+
+    def _load_runs(self) -> None:
+        """Take new runs and cancel requests from the store.
+
+        Only the runs' flags are read: a run already held is read in full again
+        only when a cancel was asked for (its steps are ours), so a big run in
+        progress is not re-read every second.
+        """
+        for key, cancel_requested in self.backend.active_run_flags().items():
+            mine = self.runs.get(key)
+            if mine is not None and cancel_requested == mine.cancel_requested:
+                continue
+            stored = self.backend.get_run(*key)
+            if stored is None or not stored.active:
+                continue
+            self.runs[key] = stored if mine is None else self._merge(stored)
 
     def _merge(self, stored: Run) -> Run:
         """A run changed elsewhere (a cancel request): take the request, keep our steps."""
@@ -232,7 +248,7 @@ class Executor:
         return None
 
     def _start_step(self, run: Run, name: str, *, now: datetime) -> Run:
-        spec = next(s for s in run.spec["spec"]["dag"] if s["name"] == name)["spec"] or {}
+        spec = run.dag_entry(name)["spec"] or {}
         before = run
         run = step_started(run, name, now=now)
         if not spec.get("stack"):  # a no-op step: succeeds at once
@@ -242,7 +258,7 @@ class Executor:
         launch = StepLaunch(
             run,
             name,
-            step_environment(run.spec, name),
+            step_environment(_with_only_step(run, name), name),
             default_projections(run, name, now=now),
         )
         try:
@@ -254,9 +270,8 @@ class Executor:
             )
             return self._after_step(run)
         self.running_steps += 1
-        self._store(run, steps=[name])
-        if pid is not None:
-            self.backend.set_step_pid(run, name, pid)
+        # One transaction for "started" and the pid (a restarted daemon stops orphans by it).
+        self._store(run, steps=[name], pids=None if pid is None else {name: pid})
         return run
 
     def _apply_result(self, result: StepResult) -> None:
@@ -296,8 +311,9 @@ class Executor:
         *,
         steps: list[str] | None = None,
         event: tuple[str, str] | None = None,
+        pids: dict[str, int] | None = None,
     ) -> None:
-        self.backend.save_run(run, steps=steps, event=event)
+        self.backend.save_run(run, steps=steps, event=event, pids=pids)
 
     def _update_workflow_state(self, run: Run) -> None:
         """running while a run runs; then active (scheduled) or the run's result (on demand)."""
@@ -321,7 +337,7 @@ class Executor:
             self.backend.set_state(run.key, state)
 
 
-def changed_steps(before: Run, after: Run) -> list[str]:
-    """Steps whose state differs: only those rows are written (a big DAG stays linear)."""
-    # The state machine replaces only the steps it changes, so identity is the test.
-    return [new.name for old, new in zip(before.steps, after.steps, strict=True) if old is not new]
+def _with_only_step(run: Run, name: str) -> Mapping[str, Any]:
+    """The run's spec with just this step in its DAG: all step_environment needs, and it
+    would otherwise scan the whole DAG for the step (quadratic in a big DAG's steps)."""
+    return {**run.spec, "spec": {**run.spec["spec"], "dag": [run.dag_entry(name)]}}

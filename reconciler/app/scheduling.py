@@ -23,6 +23,7 @@ from reconciler.core.runs import Run, new_run, skipped_run
 from reconciler.core.slots import (
     CatchUpPolicy,
     Ledger,
+    ScheduleDecision,
     decide,
     next_fire_times,
     schedule_hash,
@@ -59,6 +60,7 @@ class Scheduler:
         self.on_created = on_created
         self._heap: list[tuple[datetime, str]] = []
         self._workflows: dict[WorkflowKey, AppliedWorkflow] = {}
+        self._stamp: str | None = None
         self._lock = threading.Lock()  # refresh() comes from the sync loop, tick() from ours
 
     def refresh(self) -> None:
@@ -67,6 +69,7 @@ class Scheduler:
             self._refresh()
 
     def _refresh(self) -> None:
+        self._stamp = self.backend.workflows_stamp()
         self._workflows = {
             w.key: w
             for w in self.backend.all_workflows()
@@ -83,6 +86,10 @@ class Scheduler:
             return self._tick()
 
     def _tick(self) -> tuple[Decided, float]:
+        # `reconciler suspend` / `resume` / `delete` change workflows from another process:
+        # a cheap stamp tells when to reload (every due slot is then decided again, harmlessly).
+        if self.backend.workflows_stamp() != self._stamp:
+            self._refresh()
         now = self.clock.now()
         due: list[AppliedWorkflow] = []
         while self._heap and self._heap[0][0] <= now:
@@ -91,11 +98,17 @@ class Scheduler:
             if workflow is not None:
                 due.append(workflow)
         decided = self._schedule(due, now) if due else Decided((), (), ())
+        # Thousands of workflows share a few schedules: compute each schedule's next slot once.
+        upcoming: dict[tuple[tuple[str, ...], str], datetime | None] = {}
         for workflow in due:
             schedule = workflow.spec["spec"]["schedule"]
-            upcoming = next_fire_times(schedule["crons"], schedule["timezone"], after=now, count=1)
-            if upcoming:
-                heapq.heappush(self._heap, (upcoming[0], workflow.key))
+            which = (tuple(schedule["crons"]), schedule["timezone"])
+            if which not in upcoming:
+                following = next_fire_times(which[0], which[1], after=now, count=1)
+                upcoming[which] = following[0] if following else None
+            slot = upcoming[which]
+            if slot is not None:
+                heapq.heappush(self._heap, (slot, workflow.key))
         if not self._heap:
             return decided, MAX_SLEEP.total_seconds()
         wait = min(self._heap[0][0] - self.clock.now(), MAX_SLEEP).total_seconds()
@@ -103,22 +116,32 @@ class Scheduler:
 
     def _schedule(self, due: list[AppliedWorkflow], now: datetime) -> Decided:
         active: dict[str, list[Run]] = {}
-        for run in self.backend.active_runs():
-            active.setdefault(run.key, []).append(run)
+        if any(_policy(w) != "Allow" for w in due):  # only Forbid and Replace look at them
+            for run in self.backend.active_runs():
+                active.setdefault(run.key, []).append(run)
+        # decide() is pure and workflows share schedules and ledgers: decide each once.
+        decisions: dict[tuple[object, ...], ScheduleDecision] = {}
         created: list[Run] = []
         skipped: list[Run] = []
         ledgers: list[tuple[WorkflowKey, Ledger]] = []
         events: list[tuple[str, str | None, str, str]] = []
         for workflow in due:
             schedule = workflow.spec["spec"]["schedule"]
-            decision = decide(
-                schedule["crons"],
-                schedule["timezone"],
-                ledger=self.backend.get_ledger(workflow.key),
-                now=now,
-                start=workflow.created_at,
-                policy=self.policy,
-            )
+            ledger = self.backend.get_ledger(workflow.key)
+            crons = tuple(schedule["crons"])
+            start = workflow.created_at
+            which = (crons, schedule["timezone"], ledger, start if ledger is None else None)
+            decision = decisions.get(which)
+            if decision is None:
+                decision = decide(
+                    crons,
+                    schedule["timezone"],
+                    ledger=ledger,
+                    now=now,
+                    start=start,
+                    policy=self.policy,
+                )
+                decisions[which] = decision
             ledgers.append((workflow.key, decision.ledger))
             for slot in decision.missed:
                 run = skipped_run(
@@ -137,7 +160,7 @@ class Scheduler:
                     )
                 )
             running = active.get(workflow.key, [])
-            policy = schedule.get("concurrencyPolicy", "Allow")
+            policy = _policy(workflow)
             for slot in decision.run:
                 run = self._run_for(workflow, slot, now)
                 if running and policy == "Forbid":
@@ -175,6 +198,10 @@ class Scheduler:
             now=now,
             slot=slot,
         )
+
+
+def _policy(workflow: AppliedWorkflow) -> str:
+    return str(workflow.spec["spec"]["schedule"].get("concurrencyPolicy", "Allow"))
 
 
 def resume_from_now(backend: RunBackend, workflow: AppliedWorkflow, *, now: datetime) -> None:

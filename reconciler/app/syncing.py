@@ -11,8 +11,12 @@ others, and transient failures are retried with jittered backoff.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import random
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -91,15 +95,70 @@ class LoadedSource:
         return info
 
 
-class SourceLoader:
-    """Reads snapshots of a source and validates them, parsing only blobs not seen before."""
+def parse_files(
+    batch: list[tuple[str, bytes, str, dict[str, str], int]],
+) -> list[tuple[FileLoad, list[DesiredWorkflow]]]:
+    """Load, validate and normalize files (runs in worker processes for big batches)."""
+    results = []
+    for path, data, workspace, variables, max_bytes in batch:
+        load = load_manifest_file(
+            path, data, workspace=workspace, variables=variables, max_bytes=max_bytes
+        )
+        desired = [
+            DesiredWorkflow.from_manifest(w.manifest, workspace=w.workspace, path=w.path)
+            for w in load.workflows
+        ]
+        results.append((load, desired))
+    return results
 
-    def __init__(self, source: Source, *, environ: Mapping[str, str]) -> None:
+
+class SourceLoader:
+    """Reads snapshots of a source and validates them, parsing only blobs not seen before.
+
+    Parsing a large number of new files (a cold start) is spread over worker
+    processes, one per core; small changes are parsed in-process.
+    """
+
+    PARALLEL_FROM = 400  # new files; below this the pool's start-up is not worth it
+
+    def __init__(
+        self, source: Source, *, environ: Mapping[str, str], workers: int | None = None
+    ) -> None:
         self.source = source
         self.environ = environ
         self.parses = 0
-        self._cache: dict[_CacheKey, FileLoad] = {}
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self._cache: dict[_CacheKey, tuple[FileLoad, list[DesiredWorkflow]]] = {}
         self._previous_files: Mapping[str, str] | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _parse(
+        self, batch: list[tuple[str, bytes, str, dict[str, str], int]]
+    ) -> list[tuple[FileLoad, list[DesiredWorkflow]]]:
+        if self.workers < 2 or len(batch) < self.PARALLEL_FROM:
+            return parse_files(batch)
+        if self._pool is None:
+            # spawn, not fork: the daemon has threads, and a forked child could inherit held locks
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        size = max(1, len(batch) // (self.workers * 4))
+        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        try:
+            results = [result for part in self._pool.map(parse_files, chunks) for result in part]
+            self.close()  # big batches are rare (a cold start): do not keep idle workers' memory
+            return results
+        except (BrokenProcessPool, RuntimeError, OSError) as exc:
+            # e.g. an embedding script without an ``if __name__ == "__main__"`` guard
+            log.warning("parse workers unavailable (%s); parsing in-process from now on", exc)
+            self.close()
+            self.workers = 1
+            return parse_files(batch)
 
     def load(self, revision: Revision) -> LoadedSource:
         """Read the snapshot and validate every manifest, parsing only changed blobs."""
@@ -120,21 +179,20 @@ class SourceLoader:
                     variables_key,
                     config.limits.max_manifest_bytes,
                 )
-        missing = {key for key in wanted.values() if key not in self._cache}
+        missing = sorted({key for key in wanted.values() if key not in self._cache})
         contents = self.source.read_blobs({key[0] for key in missing}) if missing else {}
-        for key in missing:
-            blob, path, workspace, _, max_bytes = key
-            self.parses += 1
-            self._cache[key] = load_manifest_file(
-                path, contents[blob], workspace=workspace, variables=variables, max_bytes=max_bytes
-            )
+        batch = [
+            (path, contents[blob], workspace, variables, max_bytes)
+            for blob, path, workspace, _, max_bytes in missing
+        ]
+        self.parses += len(batch)
+        for key, result in zip(missing, self._parse(batch), strict=True):
+            self._cache[key] = result
         self._cache = {key: self._cache[key] for key in wanted.values()}
-        manifests = combine_files(self._cache[wanted[path]] for path in sorted(wanted))
+        manifests = combine_files(self._cache[wanted[path]][0] for path in sorted(wanted))
         errors = (*config_errors, *snapshot.problems, *manifests.errors)
-        desired = {
-            key: DesiredWorkflow.from_manifest(w.manifest, workspace=w.workspace, path=w.path)
-            for key, w in manifests.workflows.items()
-        }
+        normalized = {d.key: d for key in wanted.values() for d in self._cache[key][1]}
+        desired = {key: normalized[key] for key in manifests.workflows}
         changed = None
         if self._previous_files is not None:
             before, after = self._previous_files, snapshot.files
@@ -170,6 +228,10 @@ class Syncer:
         if last is not None and last.result == "succeeded" and last.revision:
             self._done_revision = last.revision
 
+    def close(self) -> None:
+        """Stop the parse workers, if any were started."""
+        self.loader.close()
+
     @property
     def parses(self) -> int:
         """Files parsed since start (the blob cache avoids most)."""
@@ -194,7 +256,7 @@ class Syncer:
             return self._failed(started, revision, f"cannot read revision {revision}: {exc}")
         prune = allow_prune or self.options.policy.allow_prune
         prune = prune or allows_prune([c.message for c in commits])
-        applied = self.backend.applied_workflows(owner=self.options.owner)
+        applied = self.backend.inventory(owner=self.options.owner)
         plan = make_plan(
             loaded.desired,
             applied,
@@ -223,7 +285,9 @@ class Syncer:
         batch = [a for a in pending if a.kind != "delete"]
         if len(batch) > 1:
             try:
-                self.backend.apply_many([self._request(a, revision) for a in batch])
+                self.backend.apply_many(
+                    [self._request(a, revision) for a in batch], read_back=False
+                )
                 pending = [a for a in pending if a.kind == "delete"]
             except ReconcilerError as exc:
                 log.info("batch apply failed (%s); applying one by one", exc)

@@ -8,6 +8,7 @@ or exponent (``e3``) suffix. Values are compared exactly, as ``Decimal``.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -26,8 +27,12 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity."""
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_quantity(value: str | int | float) -> Decimal:
-    """Return the exact value of a quantity; raise QuantityError when it is not one."""
+    """Return the exact value of a quantity; raise QuantityError when it is not one.
+
+    Cached: a repository repeats the same few quantities thousands of times.
+    """
     if isinstance(value, bool):
         raise QuantityError(f"expected a quantity ({EXAMPLES}), got a boolean")
     if isinstance(value, int | float):

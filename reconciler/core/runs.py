@@ -16,9 +16,12 @@ Every function returns a new ``Run``; the drivers store it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import compress
+from operator import is_not
 from typing import Any, Literal
 
 from reconciler.core.dags import dependents, topological_order
@@ -93,13 +96,26 @@ class Run:
     def active(self) -> bool:
         return self.state in ACTIVE_RUN_STATES
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Fields only: what is cached on a run (its index) is rebuilt where it is loaded."""
+        return {key: value for key, value in self.__dict__.items() if key not in _DERIVED}
+
     @functools.cached_property
-    def _positions(self) -> dict[str, int]:
-        return {step.name: i for i, step in enumerate(self.steps)}
+    def _index(self) -> _Index:
+        """Counts and ready steps, built once; ``_with_step`` carries it forward."""
+        return _Index.build(self)
 
     def position(self, name: str) -> int:
         try:
-            return self._positions[name]
+            return self._index.shape.positions[name]
+        except KeyError:
+            raise KeyError(f"run {self.run_id} has no step {name!r}") from None
+
+    def dag_entry(self, name: str) -> Mapping[str, Any]:
+        """The step's entry in ``spec.dag`` (name, depends, spec)."""
+        entries = self._index.shape.dag_entries(self.spec)
+        try:
+            return entries[name]
         except KeyError:
             raise KeyError(f"run {self.run_id} has no step {name!r}") from None
 
@@ -174,16 +190,11 @@ def ready_steps(run: Run) -> list[str]:
     """
     if run.state != "running" or run.cancel_requested:
         return []
-    done: set[str] = set()
-    pending: list[StepRun] = []
-    for step in run.steps:  # one pass: this runs after every step of a big DAG
-        if step.state == "succeeded":
-            done.add(step.name)
-        elif step.state == "pending":
-            pending.append(step)
-        elif step.state == "failed":
-            return []
-    return [s.name for s in pending if done.issuperset(s.depends)]
+    index = run._index  # kept up to date step by step: this runs after every step
+    if index.counts.get("failed") or not index.ready:
+        return []
+    positions = index.shape.positions
+    return sorted(index.ready, key=positions.__getitem__)
 
 
 def step_started(run: Run, name: str, *, now: datetime) -> Run:
@@ -239,11 +250,11 @@ def settle(run: Run, *, now: datetime) -> Run:
     """End the run when nothing runs and nothing more can start."""
     if run.state != "running":
         return run
-    if any(s.state == "running" for s in run.steps):
+    counts = run._index.counts
+    if counts.get("running"):
         return run
     if ready_steps(run):
         return run
-    states = {s.state for s in run.steps}
     if run.cancel_requested:
         steps = tuple(
             replace(s, state="cancelled", reason=s.reason or "cancelled")
@@ -252,7 +263,7 @@ def settle(run: Run, *, now: datetime) -> Run:
             for s in run.steps
         )
         return replace(run, state="cancelled", finished_at=now, steps=steps)
-    if states <= {"succeeded"}:
+    if counts.get("succeeded", 0) == len(run.steps):
         return replace(run, state="succeeded", finished_at=now)
     failed = [s.name for s in run.steps if s.state == "failed"]
     steps = tuple(
@@ -303,6 +314,117 @@ def fail_run(run: Run, *, now: datetime, reason: str) -> Run:
 
 def _with_step(run: Run, name: str, **changes: Any) -> Run:
     steps = list(run.steps)
-    index = run.position(name)  # raises KeyError for an unknown step
-    steps[index] = replace(steps[index], **changes)
-    return replace(run, steps=tuple(steps))
+    position = run.position(name)  # raises KeyError for an unknown step
+    old = steps[position]
+    new: StepRun = object.__new__(StepRun)  # replace(old, **changes), without its __init__
+    new.__dict__.update(old.__dict__, **changes)
+    steps[position] = new
+    # replace(run, steps=...) without its per-field __init__ (Run has no __post_init__):
+    # this runs twice per step. One step changed: update the index instead of rebuilding
+    # it (a big DAG stays linear), and remember which, so changed_steps need not compare.
+    after: Run = object.__new__(Run)
+    after.__dict__.update(
+        run.__getstate__(),
+        steps=tuple(steps),
+        _index=run._index.moved(old, new, steps),
+        _changed=(weakref.ref(run), name),
+    )
+    return after
+
+
+_DERIVED = frozenset({"_index", "_changed"})  # cached on a Run, not fields
+
+
+def changed_steps(before: Run, after: Run) -> list[str]:
+    """Steps whose state differs from ``before`` in ``after``, a run derived from it.
+
+    Only those rows need writing, so a big DAG stays linear. Every function
+    here replaces only the steps it changes, so identity is the test; when
+    ``after`` is ``before`` with one step changed, that step is the answer.
+    """
+    if after is before:
+        return []
+    link = after.__dict__.get("_changed")
+    if link is not None and link[0]() is before:
+        return [link[1]]
+    if len(before.steps) != len(after.steps):
+        raise ValueError(f"run {after.run_id}: the two runs have different steps")
+    # Compared in C: a big DAG has many steps.
+    return [step.name for step in compress(after.steps, map(is_not, before.steps, after.steps))]
+
+
+class _Shape:
+    """What all runs derived from one another share: step positions and edges."""
+
+    __slots__ = ("_dag_entries", "dependents", "positions")
+
+    def __init__(self, steps: tuple[StepRun, ...]) -> None:
+        self.positions: dict[str, int] = {step.name: i for i, step in enumerate(steps)}
+        self.dependents: dict[str, list[str]] = {step.name: [] for step in steps}
+        for step in steps:
+            for upstream in step.depends:
+                if upstream in self.dependents:
+                    self.dependents[upstream].append(step.name)
+        self._dag_entries: dict[str, Mapping[str, Any]] | None = None
+
+    def dag_entries(self, spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        if self._dag_entries is None:
+            self._dag_entries = {str(entry["name"]): entry for entry in spec["spec"]["dag"]}
+        return self._dag_entries
+
+
+class _Index:
+    """How many steps are in each state, and which pending steps may start.
+
+    Derived data, never stored or compared: built from the steps when first
+    asked for, then carried from run to run by ``_with_step``, which changes
+    one step and so updates only that step and its dependents.
+    """
+
+    __slots__ = ("counts", "ready", "shape")
+
+    def __init__(self, shape: _Shape, counts: dict[str, int], ready: frozenset[str]) -> None:
+        self.shape = shape
+        self.counts = counts
+        self.ready = ready  # pending, every dependency succeeded
+
+    @classmethod
+    def build(cls, run: Run) -> _Index:
+        shape = _Shape(run.steps)
+        counts: dict[str, int] = {}
+        done: set[str] = set()
+        for step in run.steps:
+            counts[step.state] = counts.get(step.state, 0) + 1
+            if step.state == "succeeded":
+                done.add(step.name)
+        ready = frozenset(
+            step.name
+            for step in run.steps
+            if step.state == "pending" and done.issuperset(step.depends)
+        )
+        return cls(shape, counts, ready)
+
+    def moved(self, old: StepRun, new: StepRun, steps: Sequence[StepRun]) -> _Index:
+        """The index after one step changed from ``old`` to ``new`` (``steps``: all, after)."""
+        counts = self.counts
+        if old.state != new.state:
+            counts = dict(counts)
+            counts[old.state] -= 1
+            counts[new.state] = counts.get(new.state, 0) + 1
+        ready = self.ready
+        if old.state != new.state and (
+            old.state in ("pending", "succeeded") or new.state in ("pending", "succeeded")
+        ):
+            positions = self.shape.positions
+            affected = [new.name, *self.shape.dependents[new.name]]
+            now_ready = {
+                name
+                for name in affected
+                if steps[positions[name]].state == "pending"
+                and all(
+                    upstream in positions and steps[positions[upstream]].state == "succeeded"
+                    for upstream in steps[positions[name]].depends
+                )
+            }
+            ready = (ready - set(affected)) | now_ready
+        return _Index(self.shape, counts, ready)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -80,3 +80,34 @@ class AppliedWorkflow:
     suspended: bool
     created_at: datetime
     updated_at: datetime
+
+
+class InventoryEntry:
+    """An applied workflow as the planner sees it: hash and path now, the spec only on demand.
+
+    Planning a pass compares hashes; only an update needs the old spec (for
+    the field-level diff), so a backend decodes it then and not for every
+    workflow of a large inventory.
+    """
+
+    __slots__ = ("_load_spec", "_spec", "key", "path", "spec_hash")
+
+    def __init__(
+        self,
+        key: WorkflowKey,
+        *,
+        path: str,
+        spec_hash: str,
+        load_spec: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self.key = key
+        self.path = path
+        self.spec_hash = spec_hash
+        self._load_spec = load_spec
+        self._spec: Mapping[str, Any] | None = None
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        if self._spec is None:
+            self._spec = self._load_spec()
+        return self._spec

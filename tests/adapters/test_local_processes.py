@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +23,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reconciler
+from reconciler.adapters.local import processes
 from reconciler.adapters.local.processes import (
     REDACTED,
     LaunchFailure,
     Mount,
     ProcessSpec,
+    StepProcess,
     StepStartError,
     _Redactor,
     describe_launch_failure,
@@ -708,3 +711,94 @@ def test_log_file_is_private(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, "true")
     assert run(spec)[0] == 0
     assert stat.S_IMODE(spec.log_path.stat().st_mode) == 0o600
+
+
+# --- one I/O thread for every step ---------------------------------------------------
+
+
+def test_done_callback_runs_once_the_log_is_written(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "sh", "-c", "echo out; echo err >&2; exit 4")
+    seen: list[tuple[int | None, str]] = []
+    done = threading.Event()
+
+    def callback(process: StepProcess) -> None:
+        seen.append((process.poll(), spec.log_path.read_text()))
+        done.set()
+
+    process = start_process(spec)
+    process.add_done_callback(callback)
+    assert done.wait(30)
+    assert process.wait(timeout=5) == 4
+    assert seen == [(4, "out\nerr\n")]
+    process.add_done_callback(callback)  # done already: called at once, here
+    assert len(seen) == 2
+
+
+def test_a_failing_callback_stops_no_other_step(tmp_path: Path) -> None:
+    def broken(process: StepProcess) -> None:
+        raise RuntimeError("boom")
+
+    first = start_process(make_spec(tmp_path, "true", log_path=tmp_path / "1"))
+    first.add_done_callback(broken)
+    assert first.wait(timeout=30) == 0
+    second = start_process(make_spec(tmp_path, "sh", "-c", "echo 2", log_path=tmp_path / "2"))
+    assert second.wait(timeout=30) == 0
+    assert (tmp_path / "2").read_text() == "2\n"
+
+
+def test_steps_need_no_thread_each(tmp_path: Path) -> None:
+    start_process(make_spec(tmp_path, "true", log_path=tmp_path / "warm-up")).wait(timeout=30)
+    threads = threading.active_count()
+    processes = [
+        start_process(make_spec(tmp_path, "sleep", "1", log_path=tmp_path / f"{i}"))
+        for i in range(20)
+    ]
+    assert threading.active_count() == threads
+    assert [p.wait(timeout=60) for p in processes] == [0] * 20
+
+
+def test_output_kept_open_outside_the_group_is_cut_after_a_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processes, "DRAIN_GRACE", 0.3)
+    pid_file = tmp_path / "stray.pid"
+    # setsid: the stray leaves the step's group, so killing the group misses it.
+    script = (
+        f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60' & "
+        f"while [ ! -s {pid_file} ]; do sleep 0.01; done; echo started"
+    )
+    process = start_process(make_spec(tmp_path, "sh", "-c", script))
+    started = time.monotonic()
+    assert process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 20
+    log = (tmp_path / "step.log").read_text()
+    assert log == "started\n[log closed: a process outside the step kept its output]\n"
+    os.kill(int(wait_for_file(pid_file)), signal.SIGKILL)
+
+
+def test_without_pidfds_a_thread_reaps_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    spec = make_spec(tmp_path, "sh", "-c", "echo hi; exit 5")
+    assert run(spec) == (5, "hi\n")
+
+
+def test_a_failure_capturing_one_log_still_ends_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: object, chunk: bytes) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(processes._Log, "feed", broken)
+    process = start_process(make_spec(tmp_path, "sh", "-c", "echo hi; sleep 0.2; exit 2"))
+    assert process.wait(timeout=30) == 2
+    assert process.log_error == "cannot capture the step log: RuntimeError('boom')"
+    monkeypatch.undo()
+    assert run(make_spec(tmp_path, "echo", "fine", log_path=tmp_path / "next.log")) == (
+        0,
+        "fine\n",
+    )

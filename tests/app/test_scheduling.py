@@ -158,6 +158,48 @@ def test_suspended_workflows_are_not_scheduled(store: LocalStore, clock: FakeClo
     assert slots_of(store, "public/paused") == []
 
 
+def test_workflows_sharing_a_schedule_keep_their_own_ledgers(
+    store: LocalStore, clock: FakeClock
+) -> None:
+    apply(store, manifest("older"))
+    scheduler = Scheduler(store, clock=clock)
+    scheduler.refresh()
+    scheduler.tick()  # 11:59:30: older's ledger starts
+    clock.advance(seconds=40)  # 12:00:10: newer is applied after the 12:00 slot
+    apply(store, manifest("newer"))
+    scheduler.refresh()
+    scheduler.tick()
+    clock.advance(minutes=1)
+    scheduler.tick()
+    assert [r for r, _ in slots_of(store, "public/older")] == [
+        "older-20261128t1200z",
+        "older-20261128t1201z",
+    ]
+    assert [r for r, _ in slots_of(store, "public/newer")] == ["newer-20261128t1201z"]
+
+
+def test_forbid_is_applied_when_due_with_allow_workflows(
+    store: LocalStore, clock: FakeClock
+) -> None:
+    apply(store, manifest("strict", policy="Forbid"))
+    apply(store, manifest("loose", policy="Allow"))
+    scheduler = Scheduler(store, clock=clock)
+    scheduler.refresh()
+    scheduler.tick()
+    clock.advance(minutes=1)  # 12:00:30; nothing executes, so the 12:00 runs stay pending
+    scheduler.tick()
+    clock.advance(minutes=1)
+    scheduler.tick()
+    assert slots_of(store, "public/strict") == [
+        ("strict-20261128t1200z", "pending"),
+        ("strict-20261128t1201z", "skipped"),
+    ]
+    assert slots_of(store, "public/loose") == [
+        ("loose-20261128t1200z", "pending"),
+        ("loose-20261128t1201z", "pending"),
+    ]
+
+
 def run_executor(executor: Executor, stop: threading.Event) -> threading.Thread:
     def loop() -> None:
         while not stop.is_set():
@@ -265,3 +307,18 @@ def test_max_parallel_bounds_steps(tmp_path: Path) -> None:
     assert current is not None
     assert current.state == "failed"
     assert shutil.which("sh")
+
+
+def test_suspend_from_another_process_is_seen_at_the_next_tick(
+    store: LocalStore, clock: FakeClock, tmp_path: Path
+) -> None:
+    apply(store, manifest("paused-later"))
+    scheduler = Scheduler(store, clock=clock)
+    scheduler.refresh()
+    clock.advance(minutes=1)
+    scheduler.tick()
+    other = LocalStore(tmp_path / "state", clock=clock)  # `reconciler suspend` elsewhere
+    other.set_suspended("public/paused-later", True)  # type: ignore[arg-type]
+    clock.advance(minutes=3)
+    scheduler.tick()
+    assert [r for r, _ in slots_of(store, "public/paused-later")] == ["paused-later-20261128t1200z"]

@@ -323,3 +323,28 @@ def test_transient_backend_error_is_retried_with_backoff(world: World) -> None:
     assert len(store.applied_workflows(owner="default")) == 4
     assert len(delays) >= 2
     assert delays[1] > delays[0] * 1.2  # exponential, with jitter of at most ±20 %
+
+
+def test_parallel_parsing_gives_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big batches are parsed in worker processes; the outcome is identical to in-process."""
+    from reconciler.app.syncing import SourceLoader
+
+    remote = Remote(tmp_path)
+    remote.copy_examples()
+    remote.write("workflows/bad.yaml", "version: v2alpha\nname: Bad\n")
+    revision = remote.commit("Add a broken one")
+    results = []
+    for workers, threshold in ((1, 400), (2, 1)):
+        monkeypatch.setattr(SourceLoader, "PARALLEL_FROM", threshold)
+        source = GitSource(remote.url, cache_dir=tmp_path / f"cache{workers}")
+        loader = SourceLoader(source, environ={}, workers=workers)
+        try:
+            loaded = loader.load(revision)
+        finally:
+            loader.close()
+        results.append((loaded.desired, [e.render() for e in loaded.errors]))
+    assert results[0] == results[1]
+    assert len(results[0][0]) == 4
+    assert len(results[0][1]) == 3

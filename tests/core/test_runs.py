@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.core.names import Revision, RunId
 from reconciler.core.runs import (
     Run,
+    changed_steps,
     fail_run,
     new_run,
     ready_steps,
     request_cancel,
+    settle,
     skipped_run,
     start_run,
     step_finished,
@@ -154,3 +160,78 @@ def test_skipped_slot() -> None:
 def test_unknown_step_is_an_error() -> None:
     with pytest.raises(KeyError, match="no step 'zzz'"):
         step_started(make({"a": []}), "zzz", now=T0)
+
+
+# --- the index kept step by step -------------------------------------------------
+
+
+def reference_ready(run: Run) -> list[str]:
+    """ready_steps as first written: one pass over every step."""
+    if run.state != "running" or run.cancel_requested:
+        return []
+    if any(s.state == "failed" for s in run.steps):
+        return []
+    done = {s.name for s in run.steps if s.state == "succeeded"}
+    return [s.name for s in run.steps if s.state == "pending" and done.issuperset(s.depends)]
+
+
+def rebuilt(run: Run) -> Run:
+    """The same run without anything cached on it."""
+    return replace(run)
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, list[str]]:
+    size = draw(st.integers(min_value=1, max_value=9))
+    names = [f"s{i}" for i in range(size)]
+    return {
+        name: draw(st.lists(st.sampled_from(names[:i]), unique=True, max_size=3)) if i else []
+        for i, name in enumerate(names)
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(edges=dags(), choices=st.lists(st.integers(min_value=0, max_value=99), max_size=40))
+def test_index_kept_step_by_step_matches_a_full_pass(
+    edges: dict[str, list[str]], choices: list[int]
+) -> None:
+    run = make(edges)
+    for choice in choices:
+        ready = ready_steps(run)
+        assert ready == reference_ready(run) == ready_steps(rebuilt(run))
+        running = [s.name for s in run.steps if s.state == "running"]
+        before = run
+        if ready and (choice % 3 or not running):
+            run = step_started(run, ready[choice % len(ready)], now=T0)
+        elif running:
+            name = running[choice % len(running)]
+            run = step_finished(run, name, exit_code=0 if choice % 5 else 1, now=T0)
+        else:
+            break
+        assert run == rebuilt(run)
+        assert changed_steps(before, run) == [
+            new.name for old, new in zip(before.steps, run.steps, strict=True) if old != new
+        ]
+        assert settle(rebuilt(run), now=T0) == run
+    assert not run.active or ready_steps(run) or any(s.state == "running" for s in run.steps)
+
+
+def test_changed_steps_of_a_failure_names_the_skipped_steps_too() -> None:
+    run = step_started(make(DIAMOND), "a", now=T0)
+    after = step_finished(run, "a", exit_code=1, now=T0)
+    assert changed_steps(run, after) == ["a", "b", "c", "d"]
+    assert changed_steps(after, after) == []
+
+
+def test_dag_entry_is_the_step_of_the_spec() -> None:
+    run = make({"publish": ["extract"], "extract": []})
+    assert run.dag_entry("publish") == {"name": "publish", "depends": ["extract"]}
+    with pytest.raises(KeyError, match="no step 'zzz'"):
+        run.dag_entry("zzz")
+
+
+def test_a_run_pickles_without_its_cache() -> None:
+    run = step_started(make(DIAMOND), "a", now=T0)
+    copy = pickle.loads(pickle.dumps(run))
+    assert copy == run
+    assert ready_steps(step_finished(copy, "a", exit_code=0, now=T0)) == ["b", "c"]

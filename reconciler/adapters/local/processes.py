@@ -34,36 +34,43 @@ What a step gets, and how it differs from a container:
 - **Log**: stdout and stderr merged into one file, secret values replaced by
   ``[REDACTED]``, capped at ``log_limit_bytes``; past the cap the output is
   still read (and dropped) so the step never blocks on a full pipe.
+
+No thread per step: one I/O thread per daemon watches every step's output
+pipe and its pidfd (a Linux process descriptor that becomes readable when the
+process exits) in one selector. It writes the logs, reaps each step the
+moment it ends, and runs the callbacks that report it; nothing polls.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import logging
 import marshal
 import os
 import posixpath
 import re
-import select
+import selectors
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from reconciler.adapters.local import launcher
 from reconciler.ports import TerminalError
 
+log = logging.getLogger(__name__)
 LAUNCHER = Path(launcher.__file__)
 REDACTED = b"[REDACTED]"
 MIN_REDACTED_LENGTH = 4  # shorter values would mangle the log (think "1" or "true")
 DEFAULT_LOG_LIMIT = 10 * 1024 * 1024
 READ_CHUNK = 64 * 1024
-IDLE_WAKEUP_MS = 500  # how often an idle log reader checks whether to give up
 DRAIN_GRACE = 5.0  # seconds the log may stay open after the step's group is gone
 
 
@@ -120,13 +127,25 @@ class LaunchFailure:
 
 
 class StepProcess:
-    """A running step: its exit code, its log, and a way to stop it."""
+    """A running step: its exit code, its log, and a way to stop it.
 
-    def __init__(self, popen: subprocess.Popen[bytes], capture: _LogCapture) -> None:
+    No thread of its own: the shared step I/O thread (``_Reactor``) drains its
+    output into the log and reaps it, then runs the done callbacks.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], log: _Log) -> None:
+        assert popen.stdout is not None  # stdout=PIPE
         self._popen = popen
-        self._capture = capture
-        self._group_done = False
+        self._pipe = popen.stdout
+        self._log = log
+        self._pidfd: int | None = None
+        self._code: int | None = None
+        self._log_open = True
+        self._exited = threading.Event()  # reaped, its group killed
+        self._done = threading.Event()  # reaped and the log closed
+        self._callbacks: list[Callable[[StepProcess], None]] = []
         self._lock = threading.Lock()
+        self._reactor: _Reactor | None = None
         self.pid = popen.pid
 
     def __repr__(self) -> str:
@@ -134,67 +153,156 @@ class StepProcess:
 
     def poll(self) -> int | None:
         """The exit code once the step and its log are done (negative: killed by signal)."""
-        code = self._popen.poll()
-        if code is None:
-            return None
-        self._end_group()
-        return None if self._capture.is_alive() else code
+        return self._code if self._done.is_set() else None
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the step ended and its log is written; None on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            code = self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self._end_group()
-        self._capture.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return None if self._capture.is_alive() else code
+        return self._code if self._done.wait(timeout) else None
+
+    def add_done_callback(self, callback: Callable[[StepProcess], None]) -> None:
+        """Call ``callback(self)`` once the step ended and its log is written.
+
+        It runs on the step I/O thread (at once, here, when the step is done
+        already), so it must be quick and must not wait for other steps.
+        """
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
 
     def terminate(self, *, grace: float = 10.0) -> None:
         """SIGTERM to the step's process group; SIGKILL to it after grace seconds."""
-        if self._popen.poll() is None:
+        if not self._exited.is_set():
             self._signal_group(signal.SIGTERM)
-            try:
-                self._popen.wait(grace)
-            except subprocess.TimeoutExpired:
+            if not self._exited.wait(grace):
                 self._signal_group(signal.SIGKILL)
-                self._popen.wait()
-        self._end_group()
+                self._exited.wait()
 
     @property
     def log_bytes(self) -> int:
         """Bytes written to the log file so far (the truncation line included)."""
-        return self._capture.written
+        return self._log.written
 
     @property
     def log_truncated(self) -> bool:
-        return self._capture.truncated
+        return self._log.truncated
 
     @property
     def log_error(self) -> str | None:
         """Why the log could not be written (disk full...), if it could not."""
-        return self._capture.error
+        return self._log.error
 
     def _signal_group(self, signum: int) -> None:
         # ProcessLookupError: the whole group has exited already, nothing to signal.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signum)
 
-    def _end_group(self) -> None:
-        """After the main process exited: kill what it left in its group, bound the drain.
+    # -- on the step I/O thread ------------------------------------------------
+
+    def _watch(self, reactor: _Reactor) -> None:
+        """Hand the output pipe and the exit to the reactor (called once, at start)."""
+        self._reactor = reactor
+        fd = self._pipe.fileno()
+        os.set_blocking(fd, False)
+        reactor.watch(fd, self._on_output)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): a thread reaps
+            self._reap_in_thread()
+        else:
+            reactor.watch(self._pidfd, self._on_pidfd)
+
+    def _on_output(self) -> None:
+        try:
+            chunk = os.read(self._pipe.fileno(), READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self._log.error = self._log.error or f"cannot read the step output: {error.strerror}"
+            chunk = b""
+        if chunk:
+            self._log.feed(chunk)
+        else:
+            self._close_log()
+
+    def _on_pidfd(self) -> None:
+        assert self._reactor is not None
+        assert self._pidfd is not None
+        code = self._popen.poll()  # the pidfd is readable: it has exited, this reaps it
+        if code is None:  # not yet (a stale event): the pidfd reports the exit again
+            return
+        try:
+            self._reactor.unwatch(self._pidfd)
+            os.close(self._pidfd)
+        finally:
+            self._pidfd = None
+            self._exit_with(code)
+
+    def _reap_in_thread(self) -> None:
+        threading.Thread(target=self._wait_for_exit, name=f"step-{self.pid}", daemon=True).start()
+
+    def _wait_for_exit(self) -> None:
+        code = self._popen.wait()
+        assert self._reactor is not None
+        self._reactor.call_soon(lambda: self._exit_with(code), owner=self)
+
+    def _exit_with(self, code: int) -> None:
+        """The main process exited: kill what it left in its group, bound the drain.
 
         The main process is reaped by now, so its pid could in theory be reused;
         the kernel keeps a pid in use while it names a live process group, so
         only an empty group's id could be taken, and pids are handed out in
         order: reuse within these microseconds would need a full wrap.
         """
+        self._code = code
+        try:
+            self._signal_group(signal.SIGKILL)
+            if self._log_open and self._reactor is not None:
+                self._reactor.drain_until(self, time.monotonic() + DRAIN_GRACE)
+        finally:
+            self._exited.set()
+            self._maybe_done()
+
+    def _close_log(self, line: bytes | None = None) -> None:
+        if not self._log_open:
+            return
+        self._log_open = False
+        try:
+            if self._reactor is not None:
+                self._reactor.stop_draining(self)
+                self._reactor.unwatch(self._pipe.fileno())
+            self._pipe.close()
+            self._log.close(line)
+        finally:
+            self._maybe_done()  # whatever failed above, the step ends
+
+    def _give_up_log(self) -> None:
+        """The drain deadline passed: something outside the group holds the output."""
+        self._close_log(b"[log closed: a process outside the step kept its output]")
+
+    def _maybe_done(self) -> None:
+        if self._log_open or not self._exited.is_set():
+            return
         with self._lock:
-            if self._group_done:
+            if self._done.is_set():
                 return
-            self._group_done = True
-        self._signal_group(signal.SIGKILL)
-        self._capture.drain_until(time.monotonic() + DRAIN_GRACE)
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("a done callback of step process %s failed", self.pid)
+
+    def _broken(self, error: BaseException) -> None:
+        """A handler failed unexpectedly: give up the log, so the step still ends.
+
+        (The exit is recorded whatever fails: see ``_on_pidfd`` and ``_exit_with``.)
+        """
+        self._log.error = self._log.error or f"cannot capture the step log: {error!r}"
+        with contextlib.suppress(Exception):
+            self._close_log()
 
 
 def start_process(spec: ProcessSpec) -> StepProcess:
@@ -209,12 +317,10 @@ def start_process(spec: ProcessSpec) -> StepProcess:
     except BaseException:
         os.close(log_fd)
         raise
-    assert popen.stdout is not None  # stdout=PIPE
-    capture = _LogCapture(
-        popen.stdout, log_fd, limit=spec.log_limit_bytes, redactor=_Redactor(spec.redact)
+    process = StepProcess(
+        popen, _Log(log_fd, limit=spec.log_limit_bytes, redactor=_Redactor(spec.redact))
     )
-    capture.start()
-    process = StepProcess(popen, capture)
+    process._watch(_reactor())
     if report_fd is not None:
         failure = _read_report(report_fd)
         if failure is not None:
@@ -435,45 +541,30 @@ class _Redactor:
         return data if self._pattern is None else self._pattern.sub(REDACTED, data)
 
 
-class _LogCapture(threading.Thread):
-    """Drains the step's output pipe into the log file, redacted and capped."""
+class _Log:
+    """The step's log file: its output redacted and capped; past the cap it is dropped."""
 
-    def __init__(self, pipe: IO[bytes], log_fd: int, *, limit: int, redactor: _Redactor) -> None:
-        super().__init__(name=f"step-log-{log_fd}", daemon=True)
-        self._pipe = pipe
+    def __init__(self, log_fd: int, *, limit: int, redactor: _Redactor) -> None:
         self._log_fd = log_fd
         self._limit = limit
         self._redactor = redactor
-        self._deadline: float | None = None
+        self._pending = b""
+        self._last_byte = b"\n"
         self.written = 0
         self.truncated = False
         self.error: str | None = None
-        self._last_byte = b"\n"
 
-    def drain_until(self, deadline: float) -> None:
-        """Stop reading at deadline even if something outside the group keeps the pipe."""
-        self._deadline = deadline
+    def feed(self, chunk: bytes) -> None:
+        ready, self._pending = self._redactor.feed(self._pending + chunk)
+        self._write(ready)
 
-    def run(self) -> None:
-        fd = self._pipe.fileno()
-        poller = select.poll()  # not select(): descriptors may exceed FD_SETSIZE
-        poller.register(fd, select.POLLIN)
-        pending = b""
+    def close(self, line: bytes | None = None) -> None:
         try:
-            while True:
-                if self._deadline is not None and time.monotonic() > self._deadline:
-                    self._write_line(b"[log closed: a process outside the step kept its output]")
-                    break
-                if not poller.poll(IDLE_WAKEUP_MS):
-                    continue
-                chunk = os.read(fd, READ_CHUNK)
-                if not chunk:
-                    break
-                ready, pending = self._redactor.feed(pending + chunk)
-                self._write(ready)
-            self._write(self._redactor.finish(pending))
+            if line is not None:
+                self._write_line(line)
+            self._write(self._redactor.finish(self._pending))
+            self._pending = b""
         finally:
-            self._pipe.close()
             os.close(self._log_fd)
 
     def _write(self, data: bytes) -> None:
@@ -504,3 +595,109 @@ class _LogCapture(threading.Thread):
             self.error = f"cannot write the step log: {error.strerror}"
             return
         self._last_byte = data[-1:]
+
+
+class _Reactor:
+    """One thread for every running step: drains output pipes into logs, reaps exits.
+
+    A step's output pipe and its pidfd are watched in one selector, so a step
+    costs no thread of its own and its end is seen the moment it happens.
+    ``watch`` and ``call_soon`` may be called from any thread; everything
+    else runs on the reactor's thread.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._selector = selectors.DefaultSelector()
+        # Other selectors pass their fd list to the kernel per call: wake them to add one.
+        self._wake_on_watch = not isinstance(self._selector, selectors.EpollSelector)
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._calls: collections.deque[tuple[Callable[[], None], StepProcess]] = collections.deque()
+        self._draining: dict[StepProcess, float] = {}  # deadline of each open log
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._handlers[self._wake_read] = self._run_calls
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, name="step-io", daemon=True)
+        self._thread.start()
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self._handlers[fd] = handler
+        self._selector.register(fd, selectors.EVENT_READ)
+        if self._wake_on_watch:
+            self._wake()
+
+    def unwatch(self, fd: int) -> None:
+        self._selector.unregister(fd)
+        self._handlers.pop(fd, None)
+
+    def call_soon(self, call: Callable[[], None], *, owner: StepProcess) -> None:
+        self._calls.append((call, owner))
+        self._wake()
+
+    def drain_until(self, process: StepProcess, deadline: float) -> None:
+        self._draining[process] = deadline
+
+    def stop_draining(self, process: StepProcess) -> None:
+        self._draining.pop(process, None)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._wake_write, b"\0")
+
+    def _run_calls(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_read, READ_CHUNK)
+        while self._calls:
+            call, owner = self._calls.popleft()
+            self._guarded(call, owner)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._turn()
+            except Exception:  # the thread must live on: every running step needs it
+                log.exception("the step I/O thread failed; going on")
+                time.sleep(0.1)  # not in a hot loop should the failure repeat
+
+    def _turn(self) -> None:
+        timeout = None
+        if self._draining:
+            timeout = max(0.0, min(self._draining.values()) - time.monotonic())
+        for key, _ in self._selector.select(timeout):
+            handler = self._handlers.get(key.fd)
+            if handler is not None:
+                self._guarded(handler)
+        if self._draining:
+            now = time.monotonic()
+            for process, deadline in list(self._draining.items()):
+                if now >= deadline:
+                    self._guarded(process._give_up_log)
+
+    @staticmethod
+    def _guarded(call: Callable[[], None], owner: object = None) -> None:
+        """Run a step's handler; should it fail, that step still ends, the others go on."""
+        try:
+            call()
+        except Exception as error:
+            log.exception("step I/O failed")
+            owner = owner or getattr(call, "__self__", None)
+            if isinstance(owner, StepProcess):
+                owner._broken(error)
+
+
+_REACTOR: _Reactor | None = None
+_REACTOR_LOCK = threading.Lock()
+
+
+def _reactor() -> _Reactor:
+    """The process's step I/O thread, started on first use (and anew in a forked child)."""
+    global _REACTOR
+    reactor = _REACTOR
+    if reactor is not None and reactor.pid == os.getpid():
+        return reactor
+    with _REACTOR_LOCK:
+        if _REACTOR is None or _REACTOR.pid != os.getpid():
+            _REACTOR = _Reactor()
+        return _REACTOR

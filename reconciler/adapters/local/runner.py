@@ -15,6 +15,7 @@ the daemon's own environment (credentials!) leaks into a step.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import signal
@@ -39,8 +40,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _Key = tuple[str, str, str]
 
 
+def step_dir_path(state_dir: Path, workspace: str, run_id: str, step: str) -> Path:
+    return state_dir.joinpath("runs", workspace, run_id, step)
+
+
 def step_log_path(state_dir: Path, workspace: str, run_id: str, step: str) -> Path:
-    return state_dir / "runs" / workspace / run_id / f"{step}.log"
+    return state_dir.joinpath("runs", workspace, run_id, f"{step}.log")
 
 
 class LocalStepRunner:
@@ -58,7 +63,7 @@ class LocalStepRunner:
         self.clock = clock
         self.path = path
         self.log_limit_bytes = log_limit_bytes
-        self._results: queue.Queue[StepResult] = queue.Queue()
+        self._results: queue.SimpleQueue[StepResult] = queue.SimpleQueue()
         self._processes: dict[_Key, StepProcess] = {}
         self._lock = threading.Lock()
 
@@ -66,7 +71,7 @@ class LocalStepRunner:
 
     def start(self, launch: StepLaunch) -> int | None:
         run, name = launch.run, launch.step
-        step = next(s for s in run.spec["spec"]["dag"] if s["name"] == name)
+        step = run.dag_entry(name)
         spec: Mapping[str, Any] = step.get("spec") or {}
         stack_spec: Mapping[str, Any] = spec.get("stackSpec") or {}
         command = list(stack_spec.get("command") or ())
@@ -106,7 +111,7 @@ class LocalStepRunner:
         for data in secret_cache.values():
             redact.update(v for v in data.values() if v)
         env.update(values)
-        step_dir = self.state_dir / "runs" / run.workspace / run.run_id / name
+        step_dir = step_dir_path(self.state_dir, run.workspace, run.run_id, name)
         step_dir.mkdir(parents=True, exist_ok=True)
         env["HOME"] = str(step_dir)
         user = spec.get("runAsUser")
@@ -137,13 +142,12 @@ class LocalStepRunner:
         key: _Key = (run.workspace, str(run.run_id), name)
         with self._lock:
             self._processes[key] = process
-        threading.Thread(
-            target=self._wait, args=(key, process), name=f"step:{run.run_id}/{name}", daemon=True
-        ).start()
+        # No thread per step: the step I/O thread reports the end, log written, at once.
+        process.add_done_callback(functools.partial(self._finished, key))
         return process.pid
 
-    def _wait(self, key: _Key, process: StepProcess) -> None:
-        code = process.wait()
+    def _finished(self, key: _Key, process: StepProcess) -> None:
+        code = process.poll()
         with self._lock:
             self._processes.pop(key, None)
         reason = "" if code == 0 else _exit_reason(code)
@@ -181,7 +185,7 @@ class LocalStepRunner:
         The pid may have been reused since: the process is only killed when its
         environment's HOME is that step's directory (set by ``start``).
         """
-        home = str(self.state_dir / "runs" / workspace / run_id / step)
+        home = str(step_dir_path(self.state_dir, workspace, run_id, step))
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:

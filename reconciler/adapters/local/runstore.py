@@ -10,9 +10,10 @@ repeats neither.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,47 +109,73 @@ class RunsMixin:
         *,
         steps: Sequence[str] | None = None,
         event: tuple[str, str] | None = None,
+        pids: Mapping[str, int] | None = None,
     ) -> None:
-        """Store a run's state and its steps' (all, or just ``steps``); event: (kind, message)."""
+        """Store a run's state and its steps' (all, or just ``steps``) in one transaction.
+
+        event: (kind, message); pids: step processes to remember with their steps
+        (so a restarted daemon can stop an orphan). The run's own row is written
+        only when it changed: it carries the spec, and rewriting that on every
+        step would cost more than the step.
+        """
         header = (
             run.state,
             run.reason,
             int(run.cancel_requested),
             _maybe_text(run.started_at),
             _maybe_text(run.finished_at),
-            run.workspace,
-            run.run_id,
         )
+        where = (run.workspace, run.run_id)
+        chosen: Sequence[StepRun] = run.steps if steps is None else _steps_named(run, steps)
+        pid_of = pids or {}
+        rows = [
+            (
+                step.state,
+                _maybe_text(step.started_at),
+                _maybe_text(step.finished_at),
+                step.exit_code,
+                step.reason,
+                pid_of.get(step.name),
+                *where,
+                step.name,
+            )
+            for step in chosen
+        ]
         with self._lock, self._sqlite_errors(f"save run {run.run_id}"), self._transaction() as txn:
             # cancel_requested only ever goes up: a cancel asked for elsewhere is never lost.
             cursor = txn.conn.execute(
-                "UPDATE runs SET state = ?, reason = ?, "
-                "cancel_requested = MAX(cancel_requested, ?), started_at = ?, "
-                "finished_at = ? WHERE workspace = ? AND run_id = ?",
-                header,
+                "UPDATE runs SET state = ?1, reason = ?2, "
+                "cancel_requested = MAX(cancel_requested, ?3), started_at = ?4, "
+                "finished_at = ?5 WHERE workspace = ?6 AND run_id = ?7 AND ("
+                "state IS NOT ?1 OR reason IS NOT ?2 OR cancel_requested < ?3 "
+                "OR started_at IS NOT ?4 OR finished_at IS NOT ?5)",
+                (*header, *where),
             )
-            if cursor.rowcount != 1:
-                raise TerminalError(f"run {run.workspace}/{run.run_id} does not exist")
+            header_written = cursor.rowcount > 0
             txn.wrote = True
-            for step in run.steps:
-                if steps is not None and step.name not in steps:
-                    continue
-                txn.write(
-                    "UPDATE run_steps SET state = ?, started_at = ?, finished_at = ?, "
-                    "exit_code = ?, reason = ? WHERE workspace = ? AND run_id = ? AND name = ?",
-                    (
-                        step.state,
-                        _maybe_text(step.started_at),
-                        _maybe_text(step.finished_at),
-                        step.exit_code,
-                        step.reason,
-                        run.workspace,
-                        run.run_id,
-                        step.name,
-                    ),
+            # A step keeps its pid unless a new one is given.
+            cursor = txn.conn.executemany(
+                "UPDATE run_steps SET state = ?, started_at = ?, finished_at = ?, "
+                "exit_code = ?, reason = ?, pid = COALESCE(?, pid) "
+                "WHERE workspace = ? AND run_id = ? AND name = ?",
+                rows,
+            )
+            # A step row proves the run exists; only when neither was written, look.
+            if not header_written and cursor.rowcount <= 0 and not self._run_exists(*where):
+                raise TerminalError(f"run {run.workspace}/{run.run_id} does not exist")
+            if pid_of and pid_of.keys() - {step.name for step in chosen}:
+                txn.conn.executemany(
+                    "UPDATE run_steps SET pid = ? WHERE workspace = ? AND run_id = ? AND name = ?",
+                    [(pid, *where, name) for name, pid in pid_of.items()],
                 )
             if event is not None:
                 self._insert_event(txn, run.key, run.run_id, *event)
+
+    def _run_exists(self, workspace: str, run_id: str) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM runs WHERE workspace = ? AND run_id = ?", (workspace, run_id)
+        ).fetchone()
+        return row is not None
 
     def request_cancel(self, workspace: str, run_id: str, *, reason: str) -> bool:
         """Flag an active run for cancelling (the executor acts on it); False if not active."""
@@ -212,6 +239,18 @@ class RunsMixin:
                 "ORDER BY created_at, run_id"
             ).fetchall()
             return [self._run_from_row(row) for row in rows]
+
+    def active_run_flags(self) -> dict[tuple[str, str], bool]:
+        """Every pending or running run, oldest first: (workspace, run id) -> cancel requested.
+
+        Cheap next to ``active_runs``: neither specs nor steps are read.
+        """
+        with self._lock, self._sqlite_errors("read active runs"):
+            rows = self._conn.execute(
+                "SELECT workspace, run_id, cancel_requested FROM runs "
+                "WHERE state IN ('pending', 'running') ORDER BY created_at, run_id"
+            ).fetchall()
+            return {(row[0], row[1]): bool(row[2]) for row in rows}
 
     def last_finished_run(self, key: WorkflowKey) -> Run | None:
         """The newest run that ran to an end (succeeded, failed or cancelled)."""
@@ -381,6 +420,18 @@ def _step_from_row(row: sqlite3.Row, *, what: str) -> StepRun:
     )
 
 
+def _steps_named(run: Run, names: Sequence[str]) -> list[StepRun]:
+    """The run's steps of these names (names it does not have are left out)."""
+    found = []
+    for name in names:
+        try:
+            found.append(run.step(name))
+        except KeyError:
+            continue
+    return found
+
+
+@functools.lru_cache(maxsize=256)  # a run's start time is written with each of its steps
 def _maybe_text(moment: datetime | None) -> str | None:
     return None if moment is None else to_text(moment)
 

@@ -18,16 +18,17 @@ re-create updates that same row, so tables added later may point at
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 from reconciler.adapters.local.codecs import Transaction, dump_json, from_text, load_json, to_text
 from reconciler.adapters.local.runstore import RunsMixin
@@ -36,6 +37,7 @@ from reconciler.core.syncs import SyncRecord, SyncResult
 from reconciler.core.workflows import (
     WORKFLOW_STATES,
     AppliedWorkflow,
+    InventoryEntry,
     WorkflowApply,
     WorkflowState,
 )
@@ -276,6 +278,38 @@ class LocalStore(RunsMixin):
             ).fetchall()
             return {WorkflowKey(row["key"]): self._workflow_from_row(row) for row in rows}
 
+    def inventory(self, *, owner: str) -> dict[WorkflowKey, InventoryEntry]:
+        """The inventory for planning: keys, paths and hashes; specs decoded on demand."""
+        with self._lock, self._sqlite_errors("read the inventory"):
+            rows = self._conn.execute(
+                "SELECT key, path, spec_hash FROM workflows "
+                "WHERE owner = ? AND state != 'deleted' ORDER BY key",
+                (owner,),
+            ).fetchall()
+        return {
+            WorkflowKey(row["key"]): InventoryEntry(
+                WorkflowKey(row["key"]),
+                path=row["path"],
+                spec_hash=row["spec_hash"],
+                load_spec=functools.partial(self._spec_of, row["key"]),
+            )
+            for row in rows
+        }
+
+    def _spec_of(self, key: str) -> Mapping[str, Any]:
+        workflow = self.get_workflow(WorkflowKey(key))
+        if workflow is None:
+            raise TerminalError(f"workflow {key} vanished from {self.path} while planning")
+        return workflow.spec
+
+    def workflows_stamp(self) -> str:
+        """Changes whenever a workflow is applied, updated, suspended, resumed or deleted."""
+        with self._lock, self._sqlite_errors("read the workflows stamp"):
+            row = self._conn.execute(
+                "SELECT count(*), max(updated_at), max(deleted_at) FROM workflows"
+            ).fetchone()
+            return f"{row[0]}|{row[1]}|{row[2]}"
+
     def all_workflows(self, *, include_deleted: bool = False) -> list[AppliedWorkflow]:
         """Every workflow, of any owner, ordered by key; tombstones on request."""
         where = "" if include_deleted else "WHERE state != 'deleted' "
@@ -294,22 +328,29 @@ class LocalStore(RunsMixin):
         """Create or update; no write at all when spec hash, path and owner are unchanged."""
         return self.apply_many([request])[0]
 
-    def apply_many(self, requests: Sequence[WorkflowApply]) -> list[AppliedWorkflow]:
+    def apply_many(
+        self, requests: Sequence[WorkflowApply], *, read_back: bool = True
+    ) -> list[AppliedWorkflow]:
         """Apply every request in one transaction (all or none), in order.
 
         Raises TerminalError, writing nothing, when any request names a
         workflow another owner holds. When every request is a no-op, no
-        transaction is opened.
+        transaction is opened. ``read_back=False`` returns [] instead of the
+        stored rows (a cold sync of thousands has no use for them).
         """
         if not requests:
             return []
         with self._lock, self._sqlite_errors("apply workflows"):
             if all(self._decide_apply(request) is _Apply.SAME for request in requests):
+                if not read_back:
+                    return []
                 return [self._require_workflow(request.desired.key) for request in requests]
             with self._transaction() as txn:
                 now = self._now()
                 for request in requests:
                     self._write_apply(txn, request, now=now)
+                if not read_back:
+                    return []
                 # Read back inside the transaction: later requests may touch earlier keys.
                 return [self._require_workflow(request.desired.key) for request in requests]
 

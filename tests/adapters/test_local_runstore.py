@@ -1,0 +1,125 @@
+"""Runs in the local SQLite store: what a step's start and end write, and what they do not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from reconciler.adapters.local.store import LocalStore
+from reconciler.core.names import Revision, RunId
+from reconciler.core.runs import Run, new_run, start_run, step_finished, step_started
+from reconciler.ports import TerminalError
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def now(self) -> datetime:
+        return T0
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    with LocalStore(tmp_path / "state", clock=FakeClock()) as store:
+        yield store
+
+
+def make_run(run_id: str = "wf-1") -> Run:
+    spec = {"spec": {"dag": [{"name": "a"}, {"name": "b", "depends": ["a"]}]}}
+    return new_run(
+        workspace="public",
+        run_id=RunId(run_id),
+        name="wf",
+        trigger="manual",
+        requested_by="me",
+        revision=Revision("r"),
+        spec=spec,
+        spec_hash="h",
+        now=T0,
+    )
+
+
+def test_step_start_and_its_pid_are_one_transaction(store: LocalStore) -> None:
+    run = start_run(make_run(), now=T0)
+    store.create_runs([run])
+    store.save_run(run)
+    run = step_started(run, "a", now=T0 + timedelta(seconds=1))
+    writes = store.writes
+    store.save_run(run, steps=["a"], pids={"a": 4242})
+    assert store.writes == writes + 1
+    assert store.step_pids(run) == {"a": 4242}
+    stored = store.get_run("public", "wf-1")
+    assert stored is not None
+    assert stored.step("a").state == "running"
+    assert stored.step("a").started_at == T0 + timedelta(seconds=1)
+
+
+def test_a_step_keeps_its_pid_when_it_ends(store: LocalStore) -> None:
+    run = start_run(make_run(), now=T0)
+    store.create_runs([run])
+    run = step_started(run, "a", now=T0)
+    store.save_run(run, steps=["a"], pids={"a": 4242})
+    run = step_finished(run, "a", exit_code=3, now=T0 + timedelta(seconds=2))
+    store.save_run(run, steps=["a", "b"])
+    assert store.step_pids(run) == {"a": 4242}
+    stored = store.get_run("public", "wf-1")
+    assert stored is not None
+    assert stored == run
+    assert (stored.step("a").exit_code, stored.step("a").reason) == (3, "exited with code 3")
+
+
+def test_the_run_row_is_written_only_when_it_changed(store: LocalStore) -> None:
+    run = make_run()
+    store.create_runs([run])
+    run = start_run(run, now=T0)
+    conn = store._conn
+    before = conn.total_changes
+    store.save_run(run, steps=[])
+    assert conn.total_changes - before == 1  # pending -> running
+    run = step_started(run, "a", now=T0)
+    before = conn.total_changes
+    store.save_run(run, steps=["a"], pids={"a": 1})
+    assert conn.total_changes - before == 1  # the step's row alone
+    run = step_finished(run, "a", exit_code=1, now=T0)  # fails the run
+    before = conn.total_changes
+    store.save_run(run, steps=["a", "b"])
+    assert conn.total_changes - before == 3
+    stored = store.get_run("public", "wf-1")
+    assert stored is not None
+    assert (stored.state, stored.reason) == ("failed", "step(s) failed: a")
+
+
+def test_a_cancel_asked_for_elsewhere_is_kept(store: LocalStore, tmp_path: Path) -> None:
+    run = step_started(start_run(make_run(), now=T0), "a", now=T0)
+    store.create_runs([run])
+    store.save_run(run)
+    with LocalStore(tmp_path / "state", clock=FakeClock()) as other:
+        assert other.request_cancel("public", "wf-1", reason="stop")
+    store.save_run(step_finished(run, "a", exit_code=0, now=T0), steps=["a"])
+    stored = store.get_run("public", "wf-1")
+    assert stored is not None
+    assert stored.cancel_requested
+
+
+def test_saving_a_missing_run_is_an_error(store: LocalStore) -> None:
+    with pytest.raises(TerminalError, match="does not exist"):
+        store.save_run(start_run(make_run(), now=T0), steps=["a"])
+    with pytest.raises(TerminalError, match="does not exist"):
+        store.save_run(make_run(), steps=[])
+
+
+def test_active_run_flags(store: LocalStore) -> None:
+    first, second, done = make_run("wf-1"), make_run("wf-2"), make_run("wf-3")
+    store.create_runs([first, second, done])
+    store.save_run(start_run(first, now=T0))
+    ended = step_started(start_run(done, now=T0), "a", now=T0)
+    ended = step_finished(ended, "a", exit_code=1, now=T0)
+    store.save_run(ended)
+    assert store.request_cancel("public", "wf-2", reason="stop")
+    assert store.active_run_flags() == {("public", "wf-1"): False, ("public", "wf-2"): True}
