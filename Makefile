@@ -2,6 +2,7 @@
 #
 #   make test   - install into $(VENV) if needed, then lint, type-check and run the tests
 #   make demo   - run the reconciler against examples-repo/
+#   make bench  - run the benchmark suite (bench/run.py; several minutes; not part of CI)
 #   make lint   - ruff + mypy + import-linter only
 #   make fmt    - format and auto-fix
 #   make clean  - remove the venv and caches
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
 
-.PHONY: demo test lint fmt clean
+.PHONY: demo test bench lint fmt clean
 
 # (Re)install whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -34,6 +35,11 @@ test: $(STAMP)
 	$(VENV)/bin/mypy --strict reconciler
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
+
+# Every measure of issue 8 with its baseline; the table is printed and the raw
+# figures go to bench/out/results.json. `python -m bench.run --quick` is a smoke run.
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

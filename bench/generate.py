@@ -68,3 +68,47 @@ def manifests(count: int, *, seed: int = 0) -> dict[str, bytes]:
         f"workflows/group-{i % 100:03d}/wf-{i:05d}.yaml": manifest_text(i, seed=seed).encode()
         for i in range(count)
     }
+
+
+SCHEDULE_TIMEZONES = (
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
+
+
+def scheduled_manifest_text(index: int) -> str:
+    """A one-step workflow firing every minute (every tenth one every two minutes).
+
+    The time zones spread over offsets with half and quarter hours: ``*/2`` in
+    Asia/Kathmandu (UTC+05:45) fires on the odd UTC minutes, elsewhere on even ones.
+    """
+    cron = "*/2 * * * *" if index % 10 == 9 else "* * * * *"
+    return (
+        "version: v2alpha\n"
+        f"name: every-minute-{index:05d}\n"
+        "type: workflow\n"
+        "spec:\n"
+        "  schedule:\n"
+        f'    crons: ["{cron}"]\n'
+        f"    timezone: {SCHEDULE_TIMEZONES[index % len(SCHEDULE_TIMEZONES)]}\n"
+        "    concurrencyPolicy: Allow\n"
+        "  dag:\n"
+        "    - name: main\n"
+        "      spec:\n"
+        "        stack: container\n"
+        '        stackSpec: {image: alpine:3.20, command: ["true"]}\n'
+    )
+
+
+def scheduled_manifests(count: int) -> dict[str, bytes]:
+    """``count`` every-minute workflows as repo-relative path -> bytes."""
+    return {
+        f"scheduled/every-minute-{i:05d}.yaml": scheduled_manifest_text(i).encode()
+        for i in range(count)
+    }
