@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from reconciler.core.durations import parse_duration
 from reconciler.core.names import WorkflowKey
@@ -258,7 +256,7 @@ class Executor:
         launch = StepLaunch(
             run,
             name,
-            step_environment(_with_only_step(run, name), name),
+            step_environment(run.spec, run.dag_entry(name)),
             default_projections(run, name, now=now),
         )
         try:
@@ -335,9 +333,3 @@ class Executor:
             state = "active"
         if workflow.state != state:
             self.backend.set_state(run.key, state)
-
-
-def _with_only_step(run: Run, name: str) -> Mapping[str, Any]:
-    """The run's spec with just this step in its DAG: all step_environment needs, and it
-    would otherwise scan the whole DAG for the step (quadratic in a big DAG's steps)."""
-    return {**run.spec, "spec": {**run.spec["spec"], "dag": [run.dag_entry(name)]}}

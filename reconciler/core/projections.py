@@ -43,11 +43,10 @@ def _projection_parts(
     return env, secrets
 
 
-def step_environment(spec: Mapping[str, Any], step_name: str) -> StepEnvironment:
-    """The merged projections of one step of a normalized spec."""
+def step_environment(spec: Mapping[str, Any], step: Mapping[str, Any]) -> StepEnvironment:
+    """The merged projections of one step (its DAG entry) of a normalized spec."""
     workflow_use = spec["spec"].get("use") or {}
     env, secrets = _projection_parts(workflow_use.get("projection"))
-    step = next(s for s in spec["spec"]["dag"] if s["name"] == step_name)
     step_use = (step.get("spec") or {}).get("use") or {}
     step_env, step_secrets = _projection_parts(step_use.get("projection"))
     env.update(step_env)
