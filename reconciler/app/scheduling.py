@@ -125,9 +125,10 @@ class Scheduler:
         skipped: list[Run] = []
         ledgers: list[tuple[WorkflowKey, Ledger]] = []
         events: list[tuple[str, str | None, str, str]] = []
+        stored_ledgers = self.backend.get_ledgers([w.key for w in due])  # one read, not one each
         for workflow in due:
             schedule = workflow.spec["spec"]["schedule"]
-            ledger = self.backend.get_ledger(workflow.key)
+            ledger = stored_ledgers.get(workflow.key)
             crons = tuple(schedule["crons"])
             start = workflow.created_at
             which = (crons, schedule["timezone"], ledger, start if ledger is None else None)

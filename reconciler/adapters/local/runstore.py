@@ -72,34 +72,80 @@ class RunsMixin:
         are (key, run id, kind, message).
         """
         with self._lock, self._sqlite_errors("create runs"), self._transaction() as txn:
-            created = [self._insert_run(txn, run) for run in runs]
-            for key, value in ledgers:
-                txn.write(
+            # Batched (a busy minute creates thousands): find the runs that exist, then
+            # insert the others and their steps with executemany.
+            existing = self._existing_runs(txn, runs)
+            created: list[bool] = []
+            fresh: list[Run] = []
+            specs: dict[int, str] = {}  # runs of one workflow share its spec object
+            for run in runs:
+                ident = (run.workspace, run.run_id)
+                is_new = ident not in existing
+                created.append(is_new)
+                if is_new:
+                    existing.add(ident)
+                    fresh.append(run)
+            if fresh:
+                txn.conn.executemany(
+                    f"INSERT INTO runs ({_RUN_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [self._run_values(run, specs=specs) for run in fresh],
+                )
+                txn.conn.executemany(
+                    f"INSERT INTO run_steps ({_STEP_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        self._step_values(run, step, position)
+                        for run in fresh
+                        for position, step in enumerate(run.steps)
+                    ],
+                )
+                txn.wrote = True
+            if ledgers:
+                now = to_text(self._now())
+                txn.conn.executemany(
                     "INSERT INTO schedule_ledger (key, last_slot, schedule_hash, updated_at) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                     "last_slot = excluded.last_slot, schedule_hash = excluded.schedule_hash, "
                     "updated_at = excluded.updated_at",
-                    (key, to_text(value.last_slot), value.schedule_hash, to_text(self._now())),
+                    [(key, to_text(v.last_slot), v.schedule_hash, now) for key, v in ledgers],
                 )
+                txn.wrote = True
             for event in events:
                 self._insert_event(txn, *event)
             return created
 
-    def _insert_run(self, txn: Transaction, run: Run) -> bool:
-        cursor = txn.conn.execute(
-            f"INSERT OR IGNORE INTO runs ({_RUN_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self._run_values(run),
-        )
-        if cursor.rowcount == 0:
-            return False
-        txn.wrote = True
-        for position, step in enumerate(run.steps):
-            txn.write(
-                f"INSERT INTO run_steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                self._step_values(run, step, position),
-            )
-        return True
+    @staticmethod
+    def _existing_runs(txn: Transaction, runs: Sequence[Run]) -> set[tuple[str, str]]:
+        existing: set[tuple[str, str]] = set()
+        idents = [(run.workspace, run.run_id) for run in runs]
+        for start in range(0, len(idents), 400):
+            chunk = idents[start : start + 400]
+            rows = txn.conn.execute(
+                "SELECT workspace, run_id FROM runs WHERE (workspace, run_id) IN "
+                f"(VALUES {', '.join('(?, ?)' for _ in chunk)})",
+                [value for ident in chunk for value in ident],
+            ).fetchall()
+            existing.update((row[0], row[1]) for row in rows)
+        return existing
+
+    def get_ledgers(self, keys: Sequence[WorkflowKey]) -> dict[WorkflowKey, Ledger]:
+        """The ledgers of many workflows in one go (absent keys have none)."""
+        found: dict[WorkflowKey, Ledger] = {}
+        with self._lock, self._sqlite_errors("read schedule ledgers"):
+            for start in range(0, len(keys), 500):
+                chunk = [str(k) for k in keys[start : start + 500]]
+                rows = self._conn.execute(
+                    "SELECT key, last_slot, schedule_hash FROM schedule_ledger WHERE key IN "
+                    f"({', '.join('?' for _ in chunk)})",
+                    chunk,
+                ).fetchall()
+                for row in rows:
+                    found[WorkflowKey(row["key"])] = Ledger(
+                        from_text(row["last_slot"], what=f"ledger of {row['key']}"),
+                        row["schedule_hash"],
+                    )
+        return found
 
     # -- updating -----------------------------------------------------------
 
@@ -341,7 +387,12 @@ class RunsMixin:
     # -- rows -----------------------------------------------------------------
 
     @staticmethod
-    def _run_values(run: Run) -> tuple[Any, ...]:
+    def _run_values(run: Run, *, specs: dict[int, str] | None = None) -> tuple[Any, ...]:
+        spec_json = None if specs is None else specs.get(id(run.spec))
+        if spec_json is None:
+            spec_json = dump_json(run.spec, what=f"spec of run {run.run_id}")
+            if specs is not None:
+                specs[id(run.spec)] = spec_json
         return (
             run.workspace,
             run.run_id,
@@ -350,7 +401,7 @@ class RunsMixin:
             run.trigger,
             run.requested_by,
             run.revision,
-            dump_json(run.spec, what=f"spec of run {run.run_id}"),
+            spec_json,
             run.spec_hash,
             _maybe_text(run.slot),
             run.state,
