@@ -234,11 +234,23 @@ def name_options(func: Any) -> Any:
     return click.option("-n", "--name", required=True, help="Name of the workflow.")(func)
 
 
+# ``dataos-ctl resource VERB -t workflow``: the type is accepted (and only "workflow").
+type_option = click.option(
+    "-t",
+    "--type",
+    type=click.Choice(["workflow"]),
+    default="workflow",
+    hidden=True,
+    expose_value=False,
+)
+
+
 def register(cli: click.Group) -> None:
     """Add the lifecycle commands (and the ``resource`` aliases) to the CLI."""
 
     @cli.command("get")
     @settings_options
+    @type_option
     @click.option("-n", "--name", help="Only this workflow.")
     @click.option(
         "-w", "--workspace", default="public", show_default=True, help="Workspace to list."
@@ -263,6 +275,7 @@ def register(cli: click.Group) -> None:
 
     @runtime.command("get")
     @settings_options
+    @type_option
     @name_options
     @click.option("--run", "run_id", help="A run id (default: the latest run).")
     @click.option("-o", "--output", type=OUTPUTS, default="table", show_default=True)
@@ -274,6 +287,7 @@ def register(cli: click.Group) -> None:
 
     @cli.command("log")
     @settings_options
+    @type_option
     @name_options
     @click.option("--container", "step", help="Only this step.")
     @click.option("--run", "run_id", help="A run id (default: the latest run).")
@@ -318,6 +332,7 @@ def register(cli: click.Group) -> None:
 
     @cli.command("delete")
     @settings_options
+    @type_option
     @name_options
     @click.option("--force", is_flag=True, help="Delete even though git still has the manifest.")
     def delete(name: str, workspace: str, force: bool, **flags: Any) -> None:
@@ -393,88 +408,34 @@ def register(cli: click.Group) -> None:
         except (ReconcilerError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
 
-    _register_resource_aliases(cli)
+    _register_resource_aliases(
+        cli, get=get, runtime_get=runtime_get, log=log_command, delete=delete
+    )
 
 
-def _register_resource_aliases(cli: click.Group) -> None:
-    """``reconciler resource VERB -t workflow ...``: the seed's ``dataos-ctl`` spellings."""
+def _register_resource_aliases(
+    cli: click.Group,
+    *,
+    get: click.Command,
+    runtime_get: click.Command,
+    log: click.Command,
+    delete: click.Command,
+) -> None:
+    """``reconciler resource VERB -t workflow ...``: the seed's ``dataos-ctl`` spellings,
+    the same command objects as ``get``, ``runtime get``, ``log`` and ``delete``."""
 
     @cli.group("resource")
     def resource() -> None:
         """dataos-ctl style aliases: resource get|runtime get|log|delete|apply -t workflow."""
 
-    type_option = click.option(
-        "-t",
-        "--type",
-        "kind",
-        type=click.Choice(["workflow"]),
-        default="workflow",
-        show_default=True,
-    )
-
-    @resource.command("get")
-    @settings_options
-    @type_option
-    @click.option("-n", "--name")
-    @click.option("-w", "--workspace", default="public", show_default=True)
-    @click.option("-a", "--all-workspaces", is_flag=True)
-    @click.option("-d", "--detail", is_flag=True)
-    @click.option("-o", "--output", type=OUTPUTS, default="table", show_default=True)
-    def resource_get(
-        kind: str,
-        name: str | None,
-        workspace: str,
-        all_workspaces: bool,
-        detail: bool,
-        output: str,
-        **flags: Any,
-    ) -> None:
-        """Same as: reconciler get."""
-        _get(name, workspace, all_workspaces, detail, output, flags)
-
     @resource.group("runtime")
     def resource_runtime() -> None:
         """Runtime details."""
 
-    @resource_runtime.command("get")
-    @settings_options
-    @type_option
-    @name_options
-    @click.option("--run", "run_id")
-    @click.option("-o", "--output", type=OUTPUTS, default="table", show_default=True)
-    def resource_runtime_get(
-        kind: str, name: str, workspace: str, run_id: str | None, output: str, **flags: Any
-    ) -> None:
-        """Same as: reconciler runtime get."""
-        _runtime(name, workspace, run_id, output, flags)
-
-    @resource.command("log")
-    @settings_options
-    @type_option
-    @name_options
-    @click.option("--container", "step")
-    @click.option("--run", "run_id")
-    @click.option("-f", "--follow", is_flag=True)
-    def resource_log(
-        kind: str,
-        name: str,
-        workspace: str,
-        step: str | None,
-        run_id: str | None,
-        follow: bool,
-        **flags: Any,
-    ) -> None:
-        """Same as: reconciler log."""
-        _log(name, workspace, step, run_id, follow, flags)
-
-    @resource.command("delete")
-    @settings_options
-    @type_option
-    @name_options
-    @click.option("--force", is_flag=True)
-    def resource_delete(kind: str, name: str, workspace: str, force: bool, **flags: Any) -> None:
-        """Same as: reconciler delete."""
-        _delete(name, workspace, force, flags)
+    resource.add_command(get, "get")
+    resource_runtime.add_command(runtime_get, "get")
+    resource.add_command(log, "log")
+    resource.add_command(delete, "delete")
 
     @resource.command("apply")
     @click.option(
