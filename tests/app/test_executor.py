@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.dag_overhead import chain_manifest
 from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.local.runner import LocalStepRunner
 from reconciler.adapters.local.secrets import SecretStore
@@ -16,20 +17,6 @@ from reconciler.core.names import Revision, RunId
 from reconciler.core.runs import new_run
 from reconciler.core.workflows import DesiredWorkflow, WorkflowApply
 from reconciler.ports import StepLaunch
-
-
-def chain(steps: int) -> str:
-    lines = ["version: v2alpha", "name: chain", "type: workflow", "spec:", "  dag:"]
-    for i in range(steps):
-        lines.append(f"    - name: s{i}")
-        if i:
-            lines.append(f"      depends: [s{i - 1}]")
-        lines += [
-            "      spec:",
-            "        stack: container",
-            '        stackSpec: {image: alpine:3.20, command: ["true"]}',
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def create_run(store: LocalStore, text: str, run_id: str) -> None:
@@ -85,7 +72,7 @@ class CheckingRunner(LocalStepRunner):
 def test_a_step_is_durable_before_the_next_starts(tmp_path: Path) -> None:
     state = tmp_path / "state"
     store = LocalStore(state, clock=SystemClock())
-    create_run(store, chain(4), "chain-1")
+    create_run(store, chain_manifest(4), "chain-1")
     runner = CheckingRunner(state)
     run_all(Executor(store, runner, clock=SystemClock()))
     assert [(name, s, code, ended) for name, s, code, ended, _ in runner.seen] == [
@@ -105,7 +92,7 @@ def test_a_step_costs_two_write_transactions(tmp_path: Path) -> None:
     for steps in (2, 6):
         state = tmp_path / f"state-{steps}"
         store = LocalStore(state, clock=SystemClock())
-        create_run(store, chain(steps), "chain-1")
+        create_run(store, chain_manifest(steps), "chain-1")
         before = store.writes
         runner = LocalStepRunner(state, secrets=SecretStore(state), clock=SystemClock())
         run_all(Executor(store, runner, clock=SystemClock()))
@@ -118,7 +105,7 @@ def test_a_run_in_progress_is_not_read_again_on_each_reload(
 ) -> None:
     state = tmp_path / "state"
     store = LocalStore(state, clock=SystemClock())
-    create_run(store, chain(5), "chain-1")
+    create_run(store, chain_manifest(5), "chain-1")
     reads: list[str] = []
     get_run = store.get_run
     monkeypatch.setattr(store, "get_run", lambda *key: reads.append(key[1]) or get_run(*key))
