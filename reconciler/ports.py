@@ -141,6 +141,17 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True)
+class Event:
+    """Something that happened to a workflow or a run, for people (``reconciler events``)."""
+
+    at: datetime
+    key: str  # "workspace/name" of the workflow
+    run_id: str | None
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
 class StepLaunch:
     """Everything a backend needs to start one step of one run."""
 
@@ -163,6 +174,8 @@ class StepResult:
 class StepRunner(Protocol):
     """Where steps run: local processes, or Kubernetes Jobs."""
 
+    steps_outlive_daemon: bool  # Jobs go on when the daemon restarts; processes do not
+
     def start(self, launch: StepLaunch) -> int | None:
         """Start a step; return its local pid when there is one. TerminalError: cannot start."""
         ...
@@ -175,7 +188,9 @@ class StepRunner(Protocol):
         """Steps that ended, waiting up to timeout seconds for the first."""
         ...
 
-    def volume_exists(self, volume_id: str) -> bool: ...
+    def volume_exists(self, workspace: str, volume_id: str) -> bool:
+        """Whether a volume exists for steps of workflows in workspace."""
+        ...
 
     def read_log(self, workspace: str, run_id: str, step: str) -> bytes | None:
         """A step's log so far (None when it never started)."""
@@ -183,6 +198,11 @@ class StepRunner(Protocol):
 
     def stop_orphan(self, workspace: str, run_id: str, step: str, pid: int) -> bool:
         """Stop a step process left by a previous daemon; True when one was running."""
+        ...
+
+    def reattach(self, workspace: str, run_id: str, step: str) -> bool:
+        """Expect the result of a step a previous daemon started, when steps outlive the
+        daemon (Kubernetes Jobs); False when it cannot be followed (local processes)."""
         ...
 
 
@@ -241,6 +261,10 @@ class RunBackend(Backend, Protocol):
     def set_ledger(self, key: WorkflowKey, ledger: Ledger) -> None: ...
 
     def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None: ...
+
+    def events(self, *, key: str | None = None, limit: int = 100) -> list[Event]:
+        """Events of one workflow (or all), newest first."""
+        ...
 
     def request_cancel(self, workspace: str, run_id: str, *, reason: str) -> bool: ...
 

@@ -75,10 +75,13 @@ class Executor:
     # -- entry points -----------------------------------------------------------
 
     def recover(self) -> list[Run]:
-        """Fail runs a dead daemon left running; stop their orphaned step processes."""
+        """Fail runs a dead daemon left running and stop their orphaned step processes; or,
+        where steps outlive the daemon (Kubernetes Jobs), follow those runs again."""
         failed = []
         for run in self.backend.active_runs():
             if run.state != "running":
+                continue
+            if self._reattach(run):
                 continue
             for step, pid in self.backend.step_pids(run).items():
                 if self.runner.stop_orphan(run.workspace, run.run_id, step, pid):
@@ -89,6 +92,32 @@ class Executor:
             failed.append(run)
         self._reload = True
         return failed
+
+    def _reattach(self, run: Run) -> bool:
+        """Take over a running run whose steps outlive daemons (Jobs); False otherwise."""
+        if not self.runner.steps_outlive_daemon:
+            return False
+        before = run
+        for step in run.steps:
+            if step.state != "running":
+                continue
+            if self.runner.reattach(run.workspace, run.run_id, step.name):
+                self.running_steps += 1
+                continue
+            run = step_finished(
+                run,
+                step.name,
+                exit_code=None,
+                now=self.clock.now(),
+                reason="its Job vanished while no daemon was following it",
+            )
+        if run is not before:
+            self._store(run, steps=changed_steps(before, run))
+            run = self._after_step(run)
+        if run.active:
+            self.runs[(run.workspace, run.run_id)] = run
+        log.info("following run %s again after a restart", run.run_id)
+        return True
 
     def notify(self) -> None:
         """New runs were created or cancelled elsewhere: reload and wake up."""
@@ -122,8 +151,16 @@ class Executor:
                 return
 
     def shut_down(self, *, grace: float) -> None:
-        """Start nothing more; give running steps ``grace`` seconds, then stop them."""
+        """Start nothing more; give running steps ``grace`` seconds, then stop them.
+
+        Steps that outlive the daemon (Jobs) are left running: the next leader
+        follows them again (``recover``), so a rolling update kills no step.
+        """
         self._stopping = True
+        if self.runner.steps_outlive_daemon:
+            if self.running_steps:
+                log.info("%d steps keep running; the next daemon follows them", self.running_steps)
+            return
         deadline = self.clock.monotonic() + grace
         while self.running_steps > 0 and self.clock.monotonic() < deadline:
             for result in self.runner.wait_results(0.2):
@@ -218,7 +255,7 @@ class Executor:
             timeout = parse_duration(str(dependency.get("timeout") or "1h"))
             deadline = run.created_at + timeout
             if dependency.get("volume"):
-                if not self.runner.volume_exists(str(dependency["volume"])):
+                if not self.runner.volume_exists(run.workspace, str(dependency["volume"])):
                     return f"volume {dependency['volume']!r} does not exist yet", deadline
                 continue
             workspace = str(dependency.get("workspace") or run.workspace)

@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     model_validator,
 )
@@ -314,3 +315,25 @@ class Workflow(WireModel):
 def normalized_spec(workflow: Workflow) -> dict[str, Any]:
     """The manifest with every default filled in, as plain JSON-able data."""
     return workflow.model_dump(mode="json", by_alias=True)
+
+
+def without_nulls(value: Any) -> Any:
+    """The data with every null mapping value left out (what a server may drop anyway)."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def renormalized(data: Any) -> dict[str, Any]:
+    """A normalized spec again, from a stored copy that may have lost its nulls.
+
+    Normalizing is idempotent, so the result equals the spec that was stored.
+    Raises ValueError naming the problem when the stored copy is no manifest
+    (edited by hand, say).
+    """
+    try:
+        return normalized_spec(Workflow.model_validate(data))
+    except ValidationError as exc:
+        raise ValueError(f"the stored manifest is not a valid Workflow: {exc}") from exc

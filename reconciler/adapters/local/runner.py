@@ -49,6 +49,8 @@ def step_log_path(state_dir: Path, workspace: str, run_id: str, step: str) -> Pa
 
 
 class LocalStepRunner:
+    steps_outlive_daemon = False  # a restarted daemon fails their runs and stops orphans
+
     def __init__(
         self,
         state_dir: Path,
@@ -176,8 +178,13 @@ class LocalStepRunner:
             except queue.Empty:
                 return results
 
-    def volume_exists(self, volume_id: str) -> bool:
+    def volume_exists(self, workspace: str, volume_id: str) -> bool:
+        """Volumes are shared by every workspace on the local backend."""
         return (self.state_dir / "volumes" / volume_id).is_dir()
+
+    def reattach(self, workspace: str, run_id: str, step: str) -> bool:
+        """A local step dies with its daemon (``stop_orphan`` ends what is left): never."""
+        return False
 
     def stop_orphan(self, workspace: str, run_id: str, step: str, pid: int) -> bool:
         """Kill the process group of a step a dead daemon left behind.

@@ -15,7 +15,6 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,7 +22,7 @@ from reconciler.adapters.local.codecs import Transaction, dump_json, from_text, 
 from reconciler.core.names import Revision, RunId, WorkflowKey
 from reconciler.core.runs import RUN_STATES, STEP_STATES, Run, RunState, StepRun, StepState
 from reconciler.core.slots import Ledger
-from reconciler.ports import TerminalError
+from reconciler.ports import Event, TerminalError
 
 _RUN_COLUMNS = (
     "workspace, run_id, key, name, trigger, requested_by, revision, spec_json, spec_hash, slot, "
@@ -33,15 +32,6 @@ _STEP_COLUMNS = (
     "workspace, run_id, position, name, depends_json, state, started_at, finished_at, "
     "exit_code, reason, pid"
 )
-
-
-@dataclass(frozen=True)
-class Event:
-    at: datetime
-    key: str
-    run_id: str | None
-    kind: str
-    message: str
 
 
 class RunsMixin:

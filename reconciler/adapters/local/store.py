@@ -154,6 +154,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX runs_finished ON runs (finished_at, workspace, run_id);
         """,
     ),
+    (
+        5,
+        """
+        ALTER TABLE workflows ADD COLUMN state_changed_at TEXT;
+        """,
+    ),
 ]
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -303,12 +309,14 @@ class LocalStore(RunsMixin):
         return workflow.spec
 
     def workflows_stamp(self) -> str:
-        """Changes whenever a workflow is applied, updated, suspended, resumed or deleted."""
+        """Changes whenever a workflow is applied, updated, suspended, resumed, deleted or
+        changes state."""
         with self._lock, self._sqlite_errors("read the workflows stamp"):
             row = self._conn.execute(
-                "SELECT count(*), max(updated_at), max(deleted_at) FROM workflows"
+                "SELECT count(*), max(updated_at), max(deleted_at), max(state_changed_at) "
+                "FROM workflows"
             ).fetchone()
-            return f"{row[0]}|{row[1]}|{row[2]}"
+            return f"{row[0]}|{row[1]}|{row[2]}|{row[3]}"
 
     def all_workflows(self, *, include_deleted: bool = False) -> list[AppliedWorkflow]:
         """Every workflow, of any owner, ordered by key; tombstones on request."""
@@ -448,7 +456,10 @@ class LocalStore(RunsMixin):
             with self._transaction() as txn:
                 row = self._live_row(key)
                 if row.state != state:
-                    txn.write("UPDATE workflows SET state = ? WHERE key = ?", (state, key))
+                    txn.write(
+                        "UPDATE workflows SET state = ?, state_changed_at = ? WHERE key = ?",
+                        (state, to_text(self._now()), key),
+                    )
                 return self._require_workflow(key)
 
     def schema_version(self) -> int:
