@@ -1,0 +1,1 @@
+"""The Kubernetes backend: Workflow and WorkflowRun custom resources, steps as Jobs."""
