@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes installation (deploy/) and the container image (Dockerfile)."""
