@@ -1,0 +1,1 @@
+"""A local Kubernetes API server for the tests (see emulator.py)."""
