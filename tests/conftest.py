@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.sshservers"]  # the sshd fixture, for git over ssh
+pytest_plugins = ["tests.sshservers", "tests.kube.fixtures"]  # sshd; the Kubernetes API server
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLES_REPO = PROJECT / "examples-repo"

@@ -18,8 +18,9 @@ import click
 
 from reconciler import __version__
 from reconciler.adapters.clocks import SystemClock
+from reconciler.adapters.kubernetes.backend import KubernetesBackend
+from reconciler.adapters.kubernetes.runner import KubernetesStepRunner
 from reconciler.adapters.local.locks import StateLock
-from reconciler.adapters.local.runner import LocalStepRunner
 from reconciler.adapters.local.secrets import SecretStore
 from reconciler.adapters.local.store import LocalStore
 from reconciler.app import lifecycle
@@ -32,14 +33,23 @@ from reconciler.app.cli_common import (
     stderr,
 )
 from reconciler.app.daemon import Daemon, LoopOptions
+from reconciler.app.health import Health, HealthServer
 from reconciler.app.reporting import ReportingOptions, StatusReporter
 from reconciler.app.running import Executor, ExecutorOptions
 from reconciler.app.scheduling import Scheduler
+from reconciler.app.settings import Settings
 from reconciler.app.validation import validate_paths
-from reconciler.app.wiring import build_status_writer, build_store, deletion_policy, status_enabled
+from reconciler.app.wiring import (
+    build_elector,
+    build_runner,
+    build_status_writer,
+    build_store,
+    deletion_policy,
+    status_enabled,
+)
 from reconciler.core.schemas import workflow_json_schema
 from reconciler.core.slots import CatchUpPolicy
-from reconciler.ports import ReconcilerError
+from reconciler.ports import ReconcilerError, StepRunner
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,19 +143,20 @@ def daemon(once: bool, **flags: Any) -> None:
             f"{settings.state_dir}; one daemon per state directory"
         )
     syncer = make_syncer(settings)
+    backend = syncer.backend
+    assert isinstance(backend, LocalStore | KubernetesBackend)
+    clock = SystemClock()
     scheduler = executor = None
+    runner = build_runner(settings)
     if not once:
-        clock = SystemClock()
-        store = syncer.backend
-        assert isinstance(store, LocalStore)
-        runner = LocalStepRunner(
-            settings.state_dir, secrets=SecretStore(settings.state_dir), clock=clock
-        )
         executor = Executor(
-            store, runner, clock=clock, options=ExecutorOptions(max_parallel=settings.max_parallel)
+            backend,
+            runner,
+            clock=clock,
+            options=ExecutorOptions(max_parallel=settings.max_parallel),
         )
         scheduler = Scheduler(
-            store,
+            backend,
             clock=clock,
             policy=CatchUpPolicy(
                 mode=settings.catch_up,
@@ -155,19 +166,17 @@ def daemon(once: bool, **flags: Any) -> None:
         )
     reporter = None
     if not once and status_enabled(settings):
-        assert executor is not None
-        secrets = SecretStore(settings.state_dir)
         reporter = StatusReporter(
-            syncer.backend,  # type: ignore[arg-type]
+            backend,
             build_status_writer(settings),
-            clock=SystemClock(),
-            read_log=runner.read_log,
-            secret_values=lambda: all_secret_values(secrets),
+            clock=clock,
+            **_report_logs(settings, runner),
             options=ReportingOptions(
                 keep_succeeded=settings.status_keep_succeeded,
                 keep_failed=settings.status_keep_failed,
             ),
         )
+    health = Health(clock.monotonic, stale_after=max(300.0, 5 * settings.interval))
     loop = Daemon(
         syncer,
         options=LoopOptions(
@@ -181,15 +190,66 @@ def daemon(once: bool, **flags: Any) -> None:
         scheduler=scheduler,
         executor=executor,
         reporter=reporter,
+        health=health,
     )
     loop.install_signal_handlers()
-    if settings.watch and settings.repo is not None:
-        from reconciler.adapters.watching import watch_directory
+    server = None
+    if settings.http_address and not once:
+        server = HealthServer(settings.http_address, health)
+        server.start()
+    elector = None
+    try:
+        if settings.backend == "kubernetes" and settings.leader_election and not once:
+            elector = build_elector(settings)
+            health.set_role("standby")
+            stderr.print(
+                f"{elector.identity}: standby until it holds the lease "
+                f"{settings.kube_namespace}/{settings.lease_name}"
+            )
+            if not elector.acquire(loop.stop_event):
+                sys.exit(0)  # stopped while waiting
+            elector.keep_in_background(loop.stop_event, on_lost=loop.stop)
+        health.set_role("leader")
+        if not once and isinstance(backend, KubernetesBackend):
+            assert isinstance(runner, KubernetesStepRunner)
+            backend.start_watching()
+            runner.start_watching()
+        if settings.watch and settings.repo is not None:
+            from reconciler.adapters.watching import watch_directory
 
-        directory = Path(settings.repo) / settings.path
-        watch_directory(directory, on_change=loop.poke, stop_event=loop.stop_event)
-        stderr.print(f"watching {directory} for changes (Ctrl-C to stop)")
-    sys.exit(loop.run())
+            directory = Path(settings.repo) / settings.path
+            watch_directory(directory, on_change=loop.poke, stop_event=loop.stop_event)
+            stderr.print(f"watching {directory} for changes (Ctrl-C to stop)")
+        code = loop.run()
+        health.set_role("stopping")
+        if elector is not None and not elector.is_leader:
+            stderr.print("lost the lease: exiting so a fresh start waits as a standby")
+            code = 1
+    except ReconcilerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if elector is not None:
+            elector.release()
+        if server is not None:
+            server.stop()
+    sys.exit(code)
+
+
+def _report_logs(settings: Settings, runner: StepRunner) -> dict[str, Any]:
+    """Log tails for the status branch: only where secret values are known to redact them.
+
+    The local backend knows every secret value (its store) and redacts them; on
+    Kubernetes the daemon never reads a Secret, so it cannot redact a step that
+    prints one: reports there carry no log tails (read them with `reconciler log`).
+    """
+    if settings.backend == "kubernetes":
+        return {"read_log": _no_log, "secret_values": tuple}
+    secrets = SecretStore(settings.state_dir)
+    return {"read_log": runner.read_log, "secret_values": lambda: all_secret_values(secrets)}
+
+
+def _no_log(workspace: str, run_id: str, step: str) -> bytes | None:
+    return None
 
 
 @cli.command()

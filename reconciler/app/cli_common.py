@@ -43,6 +43,17 @@ def settings_options(func: F) -> F:
         help="Local backend state directory; also RECONCILER_STATE_DIR.",
     )
     @click.option("--owner", help="Inventory name of this reconciler (default: default).")
+    @click.option(
+        "--backend",
+        type=click.Choice(["local", "kubernetes"]),
+        help="Where workflows live and run (default: local); also RECONCILER_BACKEND.",
+    )
+    @click.option(
+        "--kubeconfig",
+        type=click.Path(path_type=Path),
+        help="Kubernetes config file (default: in-cluster, else ~/.kube/config).",
+    )
+    @click.option("--kube-context", help="Context of the kubeconfig to use.")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from reconciler.app.health import Health
 from reconciler.app.reporting import StatusReporter
 from reconciler.app.running import Executor
 from reconciler.app.scheduling import Scheduler
@@ -49,6 +50,7 @@ class Daemon:
         executor: Executor | None = None,
         reporter: StatusReporter | None = None,
         rng: random.Random | None = None,
+        health: Health | None = None,
     ) -> None:
         self.syncer = syncer
         self.options = options
@@ -63,6 +65,7 @@ class Daemon:
         self.scheduler_wake = threading.Event()
         self.passes = 0
         self.last_outcome: SyncOutcome | None = None
+        self.health = health
 
     def poke(self) -> None:
         """Ask for a pass now (coalesces with any other poke before the pass starts)."""
@@ -129,6 +132,8 @@ class Daemon:
         outcome = self.syncer.sync()
         self.passes += 1
         self.last_outcome = outcome
+        if self.health is not None:
+            self.health.beat(passes=self.passes)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         changed = outcome.plan is not None and outcome.plan.has_changes

@@ -24,31 +24,30 @@ from rich.table import Table
 
 from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.local.locks import StateLock
-from reconciler.adapters.local.runner import LocalStepRunner
 from reconciler.adapters.local.secrets import SecretStore
-from reconciler.adapters.local.store import LocalStore
 from reconciler.app.cli_common import resolve_settings, settings_options, stderr, stdout
 from reconciler.app.running import Executor
 from reconciler.app.scheduling import resume_from_now
 from reconciler.app.settings import Settings
+from reconciler.app.wiring import build_runner, build_store
 from reconciler.core.loading import load_manifest_file
 from reconciler.core.names import RunId, WorkflowKey
 from reconciler.core.runs import Run, new_run
 from reconciler.core.slots import manual_run_id, next_fire_times
 from reconciler.core.workflows import AppliedWorkflow, DesiredWorkflow
-from reconciler.ports import ReconcilerError
+from reconciler.ports import ReconcilerError, RunBackend
 
 OUTPUTS = click.Choice(["table", "json", "yaml"])
 
 
-def open_store(settings: Settings) -> LocalStore:
+def open_store(settings: Settings) -> RunBackend:
     try:
-        return LocalStore(settings.state_dir, clock=SystemClock())
+        return build_store(settings)
     except ReconcilerError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-def find_workflow(store: LocalStore, name: str, workspace: str) -> AppliedWorkflow:
+def find_workflow(store: RunBackend, name: str, workspace: str) -> AppliedWorkflow:
     workflow = store.get_workflow(WorkflowKey(f"{workspace}/{name}"))
     if workflow is None or workflow.state == "deleted":
         known = [w.name for w in store.all_workflows() if w.workspace == workspace]
@@ -111,7 +110,7 @@ def run_summary(run: Run) -> dict[str, Any]:
 
 
 def workflow_document(
-    store: LocalStore, workflow: AppliedWorkflow, *, detail: bool
+    store: RunBackend, workflow: AppliedWorkflow, *, detail: bool
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     last = store.runs_of(workflow.key, limit=1)
@@ -462,7 +461,7 @@ def _register_resource_aliases(
 # -- runtime, log -------------------------------------------------------------
 
 
-def pick_run(store: LocalStore, workflow: AppliedWorkflow, run_id: str | None) -> Run:
+def pick_run(store: RunBackend, workflow: AppliedWorkflow, run_id: str | None) -> Run:
     if run_id is not None:
         run = store.get_run(workflow.workspace, run_id)
         if run is None or run.name != workflow.name:
@@ -554,9 +553,7 @@ def _log(
     run = pick_run(store, workflow, run_id)
     if step is not None:
         run.step(step) if step in {s.name for s in run.steps} else _no_step(run, step)
-    runner = LocalStepRunner(
-        settings.state_dir, secrets=SecretStore(settings.state_dir), clock=SystemClock()
-    )
+    runner = build_runner(settings)
     offsets: dict[str, int] = {}
     while True:
         for s in run.steps:
@@ -627,12 +624,12 @@ def _run(name: str, workspace: str, wait: bool, flags: dict[str, Any]) -> None:
     if not wait:
         return
     lock = StateLock(settings.state_dir)
-    if lock.acquire():
+    if settings.backend == "kubernetes":
+        stderr.print("the daemon in the cluster runs it; waiting")
+    elif lock.acquire():
         try:
             stderr.print("no daemon holds this state directory: running the steps here")
-            runner = LocalStepRunner(
-                settings.state_dir, secrets=SecretStore(settings.state_dir), clock=SystemClock()
-            )
+            runner = build_runner(settings)
             executor = Executor(store, runner, clock=SystemClock())
             executor.recover()
             executor.notify()
@@ -655,7 +652,7 @@ def _run(name: str, workspace: str, wait: bool, flags: dict[str, Any]) -> None:
     sys.exit(0 if final.state == "succeeded" else 1)
 
 
-def _wait_for(store: LocalStore, run: Run) -> Run:
+def _wait_for(store: RunBackend, run: Run) -> Run:
     while True:
         current = store.get_run(run.workspace, run.run_id)
         if current is None:

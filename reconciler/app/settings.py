@@ -21,6 +21,15 @@ class SettingsError(Exception):
     """Settings that do not validate; the message names the setting and its origin."""
 
 
+class ComputeSettings(BaseModel):
+    """Where a step's ``compute`` puts its pod on Kubernetes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -28,7 +37,34 @@ class Settings(BaseModel):
     branch: str = "main"
     path: str = Field(default="", description="directory of the manifests inside the repository")
     state_dir: Path = Path(".reconciler-state")
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "kubernetes"] = "local"
+    kubeconfig: Path | None = Field(default=None, description="default: in-cluster, else ~/.kube")
+    kube_context: str | None = None
+    kube_namespace: str = Field(
+        default="workflow-reconciler",
+        description="the daemon's namespace: its Lease and state ConfigMap",
+    )
+    kube_run_history: int = Field(
+        default=100, ge=1, description="finished WorkflowRuns kept per Workflow (Kubernetes)"
+    )
+    kube_stuck_grace: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds a step's pod may wait on a missing Secret or image before failing",
+    )
+    leader_election: bool = False
+    lease_name: str = "workflow-reconciler-leader"
+    lease_duration: float = Field(default=15.0, gt=0)
+    renew_deadline: float = Field(default=10.0, gt=0)
+    retry_period: float = Field(default=2.0, gt=0)
+    identity: str | None = Field(default=None, description="default: $POD_NAME, else host-pid")
+    compute: dict[str, ComputeSettings] = Field(
+        default_factory=lambda: {"runnable-default": ComputeSettings()},
+        description="compute name -> nodeSelector and tolerations (Kubernetes)",
+    )
+    http_address: str | None = Field(
+        default=None, description="host:port for /healthz and /readyz (off when unset)"
+    )
     owner: str = Field(
         default="default",
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
@@ -70,7 +106,11 @@ class Settings(BaseModel):
         if self.git_token:
             return self.git_token
         if self.git_token_file is not None:
-            return self.git_token_file.read_text().strip()
+            try:
+                return self.git_token_file.read_text().strip() or None
+            except FileNotFoundError:
+                # The Secret holding it is optional (public repositories need none).
+                return None
         return None
 
 

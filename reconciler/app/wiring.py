@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from pathlib import Path
 
 from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.dirsource import DirectorySource
 from reconciler.adapters.gitsource import GitCredentials, GitSource
+from reconciler.adapters.kubernetes.backend import KubernetesBackend
+from reconciler.adapters.kubernetes.client import KubeClient, load_api_client
+from reconciler.adapters.kubernetes.jobs import ComputeProfile
+from reconciler.adapters.kubernetes.leases import LeaderElector, LeaseTimings
+from reconciler.adapters.kubernetes.runner import KubernetesStepRunner
+from reconciler.adapters.local.runner import LocalStepRunner
+from reconciler.adapters.local.secrets import SecretStore
 from reconciler.adapters.local.store import LocalStore
 from reconciler.adapters.statusbranch import StatusWriter
 from reconciler.app.settings import Settings, SettingsError
 from reconciler.core.planning import DeletionPolicy
-from reconciler.ports import Source
+from reconciler.ports import RunBackend, Source, StepRunner
 
 
 def is_git_location(repo: str) -> bool:
@@ -80,8 +90,74 @@ def build_source(settings: Settings) -> Source:
     )
 
 
-def build_store(settings: Settings) -> LocalStore:
+def build_store(settings: Settings) -> RunBackend:
+    """The backend the settings name: the local store, or the Kubernetes API."""
+    if settings.backend == "kubernetes":
+        return KubernetesBackend(
+            kube_client(settings),
+            namespace=settings.kube_namespace,
+            owner=settings.owner,
+            clock=SystemClock(),
+            run_history=settings.kube_run_history,
+        )
     return LocalStore(settings.state_dir, clock=SystemClock())
+
+
+@functools.cache
+def _kube_client(kubeconfig: Path | None, context: str | None) -> KubeClient:
+    return KubeClient(load_api_client(kubeconfig=kubeconfig, context=context))
+
+
+def kube_client(settings: Settings) -> KubeClient:
+    """One client (one connection pool) per configuration for the whole process."""
+    return _kube_client(settings.kubeconfig, settings.kube_context)
+
+
+def compute_profiles(settings: Settings) -> dict[str, ComputeProfile]:
+    return {
+        name: ComputeProfile(
+            node_selector=dict(profile.node_selector),
+            tolerations=tuple(profile.tolerations),
+        )
+        for name, profile in settings.compute.items()
+    }
+
+
+def build_runner(settings: Settings) -> StepRunner:
+    """Where steps run: local processes, or Jobs."""
+    if settings.backend == "kubernetes":
+        return KubernetesStepRunner(
+            kube_client(settings),
+            owner=settings.owner,
+            clock=SystemClock(),
+            compute=compute_profiles(settings),
+            stuck_grace=settings.kube_stuck_grace,
+        )
+    return LocalStepRunner(
+        settings.state_dir, secrets=SecretStore(settings.state_dir), clock=SystemClock()
+    )
+
+
+def identity(settings: Settings) -> str:
+    """Who this replica is in leader election: the pod's name, else host and pid."""
+    return (
+        settings.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    )
+
+
+def build_elector(settings: Settings) -> LeaderElector:
+    return LeaderElector(
+        kube_client(settings),
+        namespace=settings.kube_namespace,
+        name=settings.lease_name,
+        identity=identity(settings),
+        clock=SystemClock(),
+        timings=LeaseTimings(
+            lease_duration=settings.lease_duration,
+            renew_deadline=settings.renew_deadline,
+            retry_period=settings.retry_period,
+        ),
+    )
 
 
 def deletion_policy(settings: Settings) -> DeletionPolicy:
