@@ -362,10 +362,29 @@ class Syncer:
             message=message,
             source=loaded.source_info(),
         )
+        self.backend.report_problems(
+            self._problems(loaded, plan, failures), owner=self.options.owner
+        )
         self.backend.record_sync(record)
         if not transient:
             self._done_revision = revision
         return SyncOutcome(revision, result, plan, record, list(loaded.errors), failures, message)
+
+    @staticmethod
+    def _problems(
+        loaded: LoadedSource, plan: Plan, failures: dict[WorkflowKey, str]
+    ) -> dict[WorkflowKey, str]:
+        """Why each workflow is not as git says: its file's first error, or its apply failure."""
+        first_error: dict[str, str] = {}
+        for error in loaded.errors:
+            first_error.setdefault(error.path, error.render())
+        problems = {
+            action.key: f"its manifest does not load, the applied one is kept: "
+            f"{first_error.get(action.current_path or '', 'see the sync errors')}"
+            for action in plan.kept_invalid
+        }
+        problems.update({key: f"apply failed: {message}" for key, message in failures.items()})
+        return problems
 
     def _failed(self, started: datetime, revision: Revision | None, message: str) -> SyncOutcome:
         record = SyncRecord(

@@ -342,3 +342,42 @@ def test_finished_runs_beyond_the_history_are_deleted(
         backend.save_run(ended)
     kept = sorted(o["metadata"]["name"] for o in kube.objects("workflowruns", first.workspace))
     assert kept == [f"{first.name}-m000000000002", f"{first.name}-m000000000003"]
+
+
+def test_a_manifest_that_breaks_stalls_its_workflow_until_fixed(
+    kube: KubeEmulator, examples_repo: Path, tmp_path: Path, state_namespace: None
+) -> None:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(examples_repo, repo)
+    syncer = Syncer(
+        DirectorySource(repo),
+        backend_for(kube),
+        clock=FakeClock(),
+        options=SyncOptions(owner="o", environ={}),
+        sleep=lambda _: None,
+    )
+    assert syncer.sync().result == "succeeded"
+    path = repo / "workflows" / "daily-report.yaml"
+    good = path.read_text()
+    path.write_text(good.replace("name: generate-report", "name: Generate Report!"))
+
+    def conditions() -> dict[str, dict[str, Any]]:
+        obj = kube.get(f"{GROUP}/v1alpha1/workflows", "public", "daily-report")
+        assert obj is not None
+        return {c["type"]: c for c in obj["status"]["conditions"]}
+
+    assert syncer.sync(force=True).result == "failed"
+    stalled = conditions()["Stalled"]
+    assert stalled["status"] == "True"
+    assert "workflows/daily-report.yaml:" in stalled["message"]
+    assert conditions()["Ready"]["status"] == "False"
+    assert kube.get(f"{GROUP}/v1alpha1/workflows", "public", "daily-report") is not None  # kept
+    path.write_text(good)
+    assert syncer.sync(force=True).result == "succeeded"
+    assert conditions()["Stalled"]["status"] == "False"
+    assert conditions()["Ready"]["status"] == "True"
+    reasons = [e["reason"] for e in kube.objects("events", "public")]
+    assert reasons.count("Stalled") == 1
+    assert reasons.count("Recovered") == 1

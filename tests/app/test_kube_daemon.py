@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -248,10 +251,29 @@ def test_two_replicas_elect_one_leader_and_the_standby_takes_over(
     remote = Remote(tmp_path)
     remote.copy_examples()
     config = kubeconfig(cluster, tmp_path / "kubeconfig")
-    env = {"RECONCILER_LEADER_ELECTION": "true", "RECONCILER_HTTP_ADDRESS": "127.0.0.1:0"}
-    a = start(remote, config, tmp_path / "a", extra_env={**env, "RECONCILER_IDENTITY": "a"})
+    env = {"RECONCILER_LEADER_ELECTION": "true"}
+    port_a, port_b = free_port(), free_port()
+    a = start(
+        remote,
+        config,
+        tmp_path / "a",
+        extra_env={
+            **env,
+            "RECONCILER_IDENTITY": "a",
+            "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{port_a}",
+        },
+    )
     wait_for(lambda: len(names(cluster)) == 4, what="the first replica leads and applies")
-    b = start(remote, config, tmp_path / "b", extra_env={**env, "RECONCILER_IDENTITY": "b"})
+    b = start(
+        remote,
+        config,
+        tmp_path / "b",
+        extra_env={
+            **env,
+            "RECONCILER_IDENTITY": "b",
+            "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{port_b}",
+        },
+    )
 
     def holder() -> str | None:
         lease = cluster.get(
@@ -261,6 +283,10 @@ def test_two_replicas_elect_one_leader_and_the_standby_takes_over(
 
     try:
         assert holder() == "a"
+        wait_for(lambda: probe(port_b, "/readyz").get("role") == "standby", what="b's probe")
+        assert probe(port_b, "/readyz")["ok"] is True  # a standby is ready: it may take over
+        assert probe(port_b, "/healthz")["ok"] is True
+        assert probe(port_a, "/readyz") == {"ok": True, "role": "leader", "passes": ANY}
         time.sleep(2)
         assert holder() == "a"  # b stays a standby while a renews
         writes_by_b = [r for r in cluster.requests if r.verb in ("create", "patch")]
@@ -283,15 +309,32 @@ def test_two_replicas_elect_one_leader_and_the_standby_takes_over(
     assert lease["spec"]["holderIdentity"] == ""
 
 
-def test_probes_answer_for_the_leader(cluster: KubeEmulator, tmp_path: Path) -> None:
-    remote = Remote(tmp_path)
-    remote.copy_examples()
-    config = kubeconfig(cluster, tmp_path / "kubeconfig")
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def probe(port: int, path: str) -> dict[str, Any]:
+    """A probe's JSON answer; 503 (not ready) answers carry JSON too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return dict(json.loads(answer.read()))
+    except urllib.error.HTTPError as failure:
+        if failure.code != 503:
+            return {"status": failure.code}
+        return dict(json.loads(failure.read()))
+    except OSError:
+        return {}  # not listening yet
+
+
+def test_probes_answer_for_the_leader(cluster: KubeEmulator, tmp_path: Path) -> None:
+    remote = Remote(tmp_path)
+    remote.copy_examples()
+    config = kubeconfig(cluster, tmp_path / "kubeconfig")
+    port = free_port()
     process = start(
         remote,
         config,
@@ -301,13 +344,10 @@ def test_probes_answer_for_the_leader(cluster: KubeEmulator, tmp_path: Path) -> 
     try:
         wait_for(lambda: len(names(cluster)) == 4, what="applied")
 
-        def get(path: str) -> dict[str, object]:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-                return json.loads(answer.read())
-
-        wait_for(lambda: get("/readyz")["ok"] is True, what="ready")
-        assert get("/healthz")["ok"] is True
-        assert get("/readyz")["role"] == "leader"
+        wait_for(lambda: probe(port, "/readyz").get("ok") is True, what="ready")
+        assert probe(port, "/healthz")["ok"] is True
+        assert probe(port, "/readyz")["role"] == "leader"
+        assert probe(port, "/nothing") == {"status": 404}
     finally:
         stop(process)
 

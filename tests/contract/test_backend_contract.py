@@ -529,3 +529,37 @@ def test_every_sync_result_is_kept(backend: RunBackend, result: SyncResult) -> N
     )
     backend.record_sync(record)
     assert backend.last_sync() == record
+
+
+# -- problems: workflows git cannot bring up to date --------------------------------------
+
+
+def _kinds(backend: RunBackend, name: str) -> list[str]:
+    return [e.kind for e in reversed(backend.events(key=key(name)))]
+
+
+def test_problems_are_reported_once_and_recovery_is_reported(backend: RunBackend) -> None:
+    backend.apply_workflow(request("a"))
+    backend.apply_workflow(request("b"))
+    backend.inventory(owner=OWNER)  # a pass lists its inventory first
+    backend.report_problems({key("a"): "its manifest does not load"}, owner=OWNER)
+    backend.report_problems({key("a"): "its manifest does not load"}, owner=OWNER)  # again
+    assert _kinds(backend, "a") == ["Stalled"]
+    assert _kinds(backend, "b") == []
+    assert backend.events(key=key("a"))[0].message == "its manifest does not load"
+    backend.inventory(owner=OWNER)
+    backend.report_problems({key("a"): "apply failed: quota"}, owner=OWNER)  # a new reason
+    backend.inventory(owner=OWNER)
+    backend.report_problems({}, owner=OWNER)
+    backend.report_problems({}, owner=OWNER)
+    assert _kinds(backend, "a") == ["Stalled", "Stalled", "Recovered"]
+    assert _kinds(backend, "b") == []
+
+
+def test_reporting_no_problems_writes_nothing(backend: RunBackend) -> None:
+    backend.apply_workflow(request("a"))
+    stamp = backend.workflows_stamp()
+    backend.inventory(owner=OWNER)
+    backend.report_problems({}, owner=OWNER)
+    assert backend.events(key=key("a")) == []
+    assert backend.workflows_stamp() == stamp

@@ -61,6 +61,7 @@ from reconciler.adapters.kubernetes.objects import (
     WORKFLOWS,
     applied_from_object,
     applied_status,
+    condition,
     ledger_from_status,
     ledger_status,
     manifest_of,
@@ -121,6 +122,7 @@ class KubernetesBackend:
         self.state_configmap = f"workflow-reconciler-state-{owner}"
         self._known_namespaces: set[str] = set()
         self._run_states: dict[tuple[str, str], str] = {}  # state labels we last wrote
+        self._last_owned: tuple[str, dict[WorkflowKey, Obj]] | None = None
         self._cancelled: set[tuple[str, str]] = set()  # active runs whose cancel is stored
         self._statuses: dict[tuple[str, str], Obj] = {}  # statuses of active runs we wrote
         self._synced_revision: str | None = None  # of the stored record, when it succeeded
@@ -162,8 +164,7 @@ class KubernetesBackend:
 
     def all_workflows(self, *, include_deleted: bool = False) -> list[AppliedWorkflow]:
         """Every Workflow this tool manages, by key (deleted ones no longer exist)."""
-        items, _ = self.client.list(WORKFLOWS, label_selector=MANAGED_SELECTOR)
-        return sorted(map(applied_from_object, items), key=lambda w: w.key)
+        return sorted(map(applied_from_object, self._managed()), key=lambda w: w.key)
 
     def get_workflow(self, key: WorkflowKey) -> AppliedWorkflow | None:
         obj = self._get_workflow(key)
@@ -242,6 +243,9 @@ class KubernetesBackend:
         workspace, name = key.split("/", 1)
         self.client.delete(WORKFLOWS, workspace, name, uid=str(obj["metadata"]["uid"]))
         self.workflows.forget((workspace, name))
+        with self._lock:
+            if self._last_owned is not None:
+                self._last_owned[1].pop(key, None)
 
     def set_suspended(self, key: WorkflowKey, suspended: bool) -> AppliedWorkflow:
         obj = self._live_workflow(key)
@@ -265,6 +269,85 @@ class KubernetesBackend:
         return self._patch_workflow_status(
             key, {"state": state, "stateSince": to_time(self.clock.now())}
         )
+
+    def report_problems(self, problems: Mapping[WorkflowKey, str], *, owner: str) -> None:
+        """Condition Stalled (and Ready False) on each workflow git cannot update, with an
+        event; cleared when it is fine again. Uses the inventory this pass listed."""
+        with self._lock:
+            listed = self._last_owned
+        owned = list(listed[1].values()) if listed and listed[0] == owner else self._owned(owner)
+        now = self.clock.now()
+        for obj in owned:
+            key = workflow_key(obj)
+            conditions = {
+                c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or ()
+            }
+            stalled = conditions.get("Stalled") or {}
+            was = stalled.get("message") if stalled.get("status") == "True" else None
+            message = problems.get(key)
+            if message == was:
+                continue
+            generation = int(obj["metadata"].get("generation") or 1)
+            if message is not None:
+                fresh = [
+                    condition(
+                        "Ready",
+                        False,
+                        reason="Stalled",
+                        message=message,
+                        now=now,
+                        generation=generation,
+                    ),
+                    condition(
+                        "Reconciling",
+                        False,
+                        reason="Stalled",
+                        message="",
+                        now=now,
+                        generation=generation,
+                    ),
+                    condition(
+                        "Stalled",
+                        True,
+                        reason="GitNotApplicable",
+                        message=message,
+                        now=now,
+                        generation=generation,
+                    ),
+                ]
+                self.add_event(key, None, "Stalled", message)
+            else:
+                fresh = [
+                    condition(
+                        "Ready",
+                        True,
+                        reason="Applied",
+                        message="as git says",
+                        now=now,
+                        generation=generation,
+                    ),
+                    condition(
+                        "Reconciling",
+                        False,
+                        reason="Applied",
+                        message="",
+                        now=now,
+                        generation=generation,
+                    ),
+                    condition(
+                        "Stalled",
+                        False,
+                        reason="Applied",
+                        message="",
+                        now=now,
+                        generation=generation,
+                    ),
+                ]
+                self.add_event(key, None, "Recovered", "applied as git says again")
+            try:
+                self._patch_workflow_status(key, {"conditions": fresh})
+            except TerminalError:
+                log.info("workflow %s went away while reporting its problem", key)
 
     # -- sync records and values (one ConfigMap) ------------------------------------------
 
@@ -330,11 +413,7 @@ class KubernetesBackend:
         Run, ledger and last-run writes do not change it. Read from the watch's cache
         (no request) while watching, else from one list.
         """
-        if self._watching and self.workflows.synced.is_set():
-            items = self.workflows.snapshot()
-        else:
-            items, _ = self.client.list(WORKFLOWS, label_selector=MANAGED_SELECTOR)
-        parts = sorted(_stamp_part(obj) for obj in items)
+        parts = sorted(_stamp_part(obj) for obj in self._managed())
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
     def create_runs(
@@ -354,7 +433,7 @@ class KubernetesBackend:
         uids: dict[WorkflowKey, str | None] = {}
         for run in runs:
             if run.key not in uids:
-                workflow = self._get_workflow(run.key)
+                workflow = self._recent_workflow(run.key)
                 uids[run.key] = None if workflow is None else str(workflow["metadata"]["uid"])
             created.append(self._create_run(run, uids[run.key]))
         for workflow_key_, ledger in ledgers:
@@ -480,7 +559,7 @@ class KubernetesBackend:
         wanted = set(keys)
         if not wanted:
             return {}
-        items, _ = self.client.list(WORKFLOWS, label_selector=MANAGED_SELECTOR)
+        items = self._managed()
         ledgers: dict[WorkflowKey, Ledger] = {}
         for obj in items:
             key = workflow_key(obj)
@@ -604,11 +683,30 @@ class KubernetesBackend:
 
     def _owned(self, owner: str) -> list[Obj]:
         items, _ = self.client.list(WORKFLOWS, label_selector=f"{MANAGED_SELECTOR},{OWNER}={owner}")
+        with self._lock:  # report_problems of the same pass reuses it (kept current by _wrote)
+            self._last_owned = (owner, {workflow_key(obj): obj for obj in items})
+        return items
+
+    def _managed(self) -> list[Obj]:
+        """Every managed Workflow: from the watch's cache (no request) while watching."""
+        if self._watching and self.workflows.synced.is_set():
+            return self.workflows.snapshot()
+        items, _ = self.client.list(WORKFLOWS, label_selector=MANAGED_SELECTOR)
         return items
 
     def _get_workflow(self, key: WorkflowKey) -> Obj | None:
         workspace, name = key.split("/", 1)
         return self.client.get(WORKFLOWS, workspace, name)
+
+    def _recent_workflow(self, key: WorkflowKey) -> Obj | None:
+        """The Workflow from the watch's cache while watching (its uid and spec are what a
+        busy minute of the scheduler needs, without a read per workflow), else read."""
+        if self._watching and self.workflows.synced.is_set():
+            workspace, name = key.split("/", 1)
+            cached = self.workflows.cached((workspace, name))
+            if cached is not None:
+                return cached
+        return self._get_workflow(key)
 
     def _live_workflow(self, key: WorkflowKey) -> Obj:
         obj = self._get_workflow(key)
@@ -629,7 +727,7 @@ class KubernetesBackend:
 
     def _ledger_fields(self, key: WorkflowKey, ledger: Ledger) -> Obj:
         fields = ledger_status(ledger)
-        obj = self._get_workflow(key)
+        obj = self._recent_workflow(key)
         schedule = (((obj or {}).get("spec") or {}).get("manifest") or {}).get("spec", {})
         schedule = (schedule or {}).get("schedule")
         if schedule:
@@ -785,6 +883,9 @@ class KubernetesBackend:
     def _wrote(self, obj: Obj) -> None:
         """Our own write, cached now: the stamp must not wait for the watch to see it."""
         self.workflows.note(obj)
+        with self._lock:
+            if self._last_owned is not None and workflow_owner(obj) == self._last_owned[0]:
+                self._last_owned[1][workflow_key(obj)] = obj
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -68,6 +68,10 @@ class Informer:
     def wait_synced(self, timeout: float) -> bool:
         return self.synced.wait(timeout)
 
+    def cached(self, key: ObjKey) -> Obj | None:
+        with self._lock:
+            return self.cache.get(key)
+
     def snapshot(self) -> list[Obj]:
         with self._lock:
             return list(self.cache.values())
@@ -101,6 +105,11 @@ class Informer:
             except ReconcilerError as exc:
                 self.last_error = str(exc)
                 log.warning("watch of %s failed: %s", self.resource.full_name, exc)
+                self._stop.wait(self.retry_delay)
+            except Exception as exc:  # a bug must not end the watch for good: log it, go on
+                self.last_error = repr(exc)
+                log.exception("watch of %s broke; listing again", self.resource.full_name)
+                self.resource_version = ""
                 self._stop.wait(self.retry_delay)
 
     def _relist(self) -> None:

@@ -380,6 +380,33 @@ class LocalStore(RunsMixin):
                     (now, now, key),
                 )
 
+    def report_problems(self, problems: Mapping[WorkflowKey, str], *, owner: str) -> None:
+        """Kept as ``stalled/<key>`` values; a new or changed problem, and a recovery, is an
+        event (``reconciler events``)."""
+        with self._lock, self._sqlite_errors("read stalled workflows"):
+            rows = self._conn.execute(
+                "SELECT key, value FROM settings_kv WHERE key LIKE 'stalled/%'"
+            ).fetchall()
+            owned = {
+                r["key"]
+                for r in self._conn.execute(
+                    "SELECT key FROM workflows WHERE owner = ? AND state != 'deleted'", (owner,)
+                ).fetchall()
+            }
+        stalled = {str(r["key"]).removeprefix("stalled/"): str(r["value"]) for r in rows}
+        for key, message in sorted(problems.items()):
+            if stalled.get(key) != message:
+                self.set_value(f"stalled/{key}", message)
+                self.add_event(key, None, "Stalled", message)
+        for healed in sorted(set(stalled) - set(problems)):
+            self._delete_value(f"stalled/{healed}")
+            if healed in owned:  # (a deleted workflow needs no word)
+                self.add_event(healed, None, "Recovered", "applied as git says again")
+
+    def _delete_value(self, key: str) -> None:
+        with self._lock, self._sqlite_errors(f"delete {key}"), self._transaction() as txn:
+            txn.write("DELETE FROM settings_kv WHERE key = ?", (key,))
+
     def record_sync(self, record: SyncRecord) -> None:
         """Store a sync record, dropping all but the newest SYNC_RETENTION in the same go."""
         values = (
