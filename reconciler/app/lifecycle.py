@@ -391,7 +391,7 @@ def register(cli: click.Group) -> None:
     @settings_options
     def secret_list(**flags: Any) -> None:
         """Secret ids and their key names."""
-        store = SecretStore(resolve_settings(**flags).state_dir)
+        store = local_secrets(resolve_settings(**flags))
         for secret_id, keys in store.list().items():
             click.echo(f"{secret_id}: {', '.join(keys)}")
 
@@ -401,7 +401,7 @@ def register(cli: click.Group) -> None:
     @click.argument("keys", nargs=-1)
     def secret_delete(secret_id: str, keys: tuple[str, ...], **flags: Any) -> None:
         """Delete a secret, or only some of its keys."""
-        store = SecretStore(resolve_settings(**flags).state_dir)
+        store = local_secrets(resolve_settings(**flags))
         try:
             store.unset(secret_id, keys) if keys else store.delete(secret_id)
         except (ReconcilerError, ValueError) as exc:
@@ -803,6 +803,18 @@ def _events(
     stdout.print(table)
 
 
+def local_secrets(settings: Settings) -> SecretStore:
+    """The local backend's store; on Kubernetes a secret is a Secret the daemon never reads."""
+    if settings.backend == "kubernetes":
+        raise click.ClickException(
+            "on Kubernetes a projection's secret is the Secret named by its id, in the "
+            "workflow's workspace (namespace); the reconciler never reads or writes it. "
+            "Create it with: kubectl create secret generic ID --from-literal=KEY=VALUE "
+            "-n WORKSPACE"
+        )
+    return SecretStore(settings.state_dir)
+
+
 def _secret_set(secret_id: str, pairs: tuple[str, ...], flags: dict[str, Any]) -> None:
     values: dict[str, str] = {}
     for pair in pairs:
@@ -816,7 +828,7 @@ def _secret_set(secret_id: str, pairs: tuple[str, ...], flags: dict[str, Any]) -
         elif value.startswith("@"):
             value = Path(value[1:]).read_text().rstrip("\n")
         values[key] = value
-    store = SecretStore(resolve_settings(**flags).state_dir)
+    store = local_secrets(resolve_settings(**flags))
     try:
         store.set(secret_id, values)
     except (ReconcilerError, ValueError) as exc:

@@ -381,3 +381,21 @@ def test_a_manifest_that_breaks_stalls_its_workflow_until_fixed(
     reasons = [e["reason"] for e in kube.objects("events", "public")]
     assert reasons.count("Stalled") == 1
     assert reasons.count("Recovered") == 1
+
+
+def test_in_a_pod_the_service_account_is_used(tmp_path: Path) -> None:
+    from reconciler.adapters.kubernetes.client import load_api_client
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    environ = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    api = load_api_client(service_account=account, environ=environ)
+    configuration = api.configuration
+    assert configuration.host == "https://10.0.0.1:443"
+    assert configuration.ssl_ca_cert == str(account / "ca.crt")
+    assert configuration.auth_settings()["BearerToken"]["value"] == "bearer pod-token"
+    # outside a pod (no service host), a kubeconfig is needed and its absence is explained
+    with pytest.raises(TerminalError, match="no usable Kubernetes configuration"):
+        load_api_client(kubeconfig=tmp_path / "missing", service_account=account, environ=environ)

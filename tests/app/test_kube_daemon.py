@@ -420,3 +420,23 @@ def test_run_reports_reach_the_status_branch_without_secrets(
         "name": "API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "workflow-secret", "key": "API_TOKEN"}},
     } in env
+
+
+def test_secrets_are_not_the_reconcilers_business_on_kubernetes(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reconciler.app.cli import cli as main
+
+    result = CliRunner().invoke(
+        main, ["secret", "set", "db", "PASSWORD=x", "--backend", "kubernetes"]
+    )
+    assert result.exit_code == 1
+    assert "kubectl create secret generic" in result.output
+    assert "PASSWORD=x" not in result.output
+
+
+def test_a_missing_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
+    done = cli(tmp_path / "no-such-kubeconfig", "get", "-a")
+    assert done.returncode == 1
+    assert "no usable Kubernetes configuration" in done.stderr
+    assert "--kubeconfig" in done.stderr

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.config import incluster_config as k8s_incluster
 
 from reconciler.core.backoffs import Backoff
 from reconciler.ports import TerminalError, TransientError
@@ -110,12 +112,32 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def load_api_client(*, kubeconfig: Path | None = None, context: str | None = None) -> k8s.ApiClient:
-    """In-cluster config when running in a pod (and no kubeconfig given), else a kubeconfig."""
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def load_api_client(
+    *,
+    kubeconfig: Path | None = None,
+    context: str | None = None,
+    service_account: Path = SERVICE_ACCOUNT,
+    environ: Mapping[str, str] | None = None,
+) -> k8s.ApiClient:
+    """In a pod (a service account token and KUBERNETES_SERVICE_HOST) and without a
+    kubeconfig: the in-cluster config, token refreshed as it rotates; else a kubeconfig."""
     configuration = k8s.Configuration()
+    env = dict(os.environ if environ is None else environ)
+    in_cluster = (
+        kubeconfig is None
+        and (service_account / "token").is_file()
+        and bool(env.get("KUBERNETES_SERVICE_HOST"))
+    )
     try:
-        if kubeconfig is None and Path("/var/run/secrets/kubernetes.io/serviceaccount").is_dir():
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        if in_cluster:
+            k8s_incluster.InClusterConfigLoader(  # type: ignore[no-untyped-call]
+                token_filename=str(service_account / "token"),
+                cert_filename=str(service_account / "ca.crt"),
+                environ=env,
+            ).load_and_set(configuration)
         else:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=str(kubeconfig) if kubeconfig else None,
@@ -123,7 +145,11 @@ def load_api_client(*, kubeconfig: Path | None = None, context: str | None = Non
                 client_configuration=configuration,
             )
     except (k8s_config.ConfigException, OSError) as exc:
-        where = kubeconfig or "~/.kube/config or $KUBECONFIG"
+        where = (
+            "the pod's service account"
+            if in_cluster
+            else (kubeconfig or "~/.kube/config or $KUBECONFIG")
+        )
         raise TerminalError(
             f"no usable Kubernetes configuration ({where}): {exc}; pass --kubeconfig, or run "
             "in a pod with a service account"
