@@ -52,6 +52,9 @@ class Settings(BaseModel):
         ge=0,
         description="seconds a step's pod may wait on a missing Secret or image before failing",
     )
+    kube_job_ttl: int | None = Field(
+        default=86400, ge=0, description="seconds a finished step's Job (and its log) is kept"
+    )
     leader_election: bool = False
     lease_name: str = "workflow-reconciler-leader"
     lease_duration: float = Field(default=15.0, gt=0)

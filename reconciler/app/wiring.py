@@ -132,6 +132,7 @@ def build_runner(settings: Settings) -> StepRunner:
             clock=SystemClock(),
             compute=compute_profiles(settings),
             stuck_grace=settings.kube_stuck_grace,
+            job_ttl=settings.kube_job_ttl,
         )
     return LocalStepRunner(
         settings.state_dir, secrets=SecretStore(settings.state_dir), clock=SystemClock()

@@ -154,8 +154,13 @@ def test_every_step_of_every_example_becomes_a_valid_job(examples_repo: Path) ->
             if not (step.get("spec") or {}).get("stack"):
                 continue
             job = job_object(
-                launch_for(desired, step["name"]), owner="o", run_uid="run-uid", compute=PROFILES
+                launch_for(desired, step["name"]),
+                owner="o",
+                run_uid="run-uid",
+                compute=PROFILES,
+                ttl=3600,
             )
+            assert job["spec"]["ttlSecondsAfterFinished"] == 3600
             assert validate_object(job) == [], job
             assert len(job["metadata"]["name"]) <= 63
             assert job["spec"]["backoffLimit"] == 0

@@ -198,6 +198,10 @@ def test_cancel_deletes_the_running_job(kube: KubeEmulator) -> None:
             executor.step(wait=0.1)
             if kube.objects("jobs", "public"):
                 break
+        workflow = kube.get("reconciler.dev/v1alpha1/workflows", "public", "diamond")
+        assert workflow is not None
+        assert workflow["status"]["activeRuns"] == [{"name": run.run_id}]
+        assert workflow["status"]["state"] == "running"
         assert backend.request_cancel("public", run.run_id, reason="stop it")
         deadline = time.monotonic() + 20
         while executor.runs and time.monotonic() < deadline:
@@ -208,6 +212,10 @@ def test_cancel_deletes_the_running_job(kube: KubeEmulator) -> None:
     assert done is not None
     assert done.state == "cancelled"
     assert kube.objects("jobs", "public") == []
+    workflow = kube.get("reconciler.dev/v1alpha1/workflows", "public", "diamond")
+    assert workflow is not None
+    assert workflow["status"]["activeRuns"] == []
+    assert workflow["status"]["lastRun"]["result"] == "cancelled"
 
 
 def test_a_new_daemon_follows_jobs_a_previous_one_started(kube: KubeEmulator) -> None:

@@ -256,6 +256,8 @@ class KubernetesBackend:
             WORKFLOWS, workspace, name, {"spec": {"suspend": suspended}}, field_manager=CLI_MANAGER
         )
         self._wrote(stored)
+        if suspended:  # no next run while suspended (resuming: the scheduler sets it again)
+            return self._patch_workflow_status(key, {"nextRunTime": None})
         return applied_from_object(stored)
 
     def set_state(self, key: WorkflowKey, state: WorkflowState) -> AppliedWorkflow:
@@ -482,6 +484,8 @@ class KubernetesBackend:
                 patch["spec"] = {"cancel": True}  # a cancel never goes back down
         if patch:
             self.client.merge_patch(WORKFLOW_RUNS, run.workspace, run.run_id, patch)
+        if "metadata" in patch:
+            self._refresh_active_runs(run.key)
         with self._lock:
             if run.active:
                 self._run_states[ident] = run.state
@@ -772,6 +776,19 @@ class KubernetesBackend:
             self._patch_workflow_status(run.key, status)
         except TerminalError:
             log.info("workflow %s is gone: its last run %s is not recorded", run.key, run.run_id)
+
+    def _refresh_active_runs(self, key: WorkflowKey) -> None:
+        """The Workflow's status.activeRuns, after one of its runs changed state."""
+        workspace, name = key.split("/", 1)
+        selector = f"{MANAGED_SELECTOR},{WORKFLOW}={name},{STATE}=running"
+        items, _ = self.client.list(WORKFLOW_RUNS, namespace=workspace, label_selector=selector)
+        items.sort(key=lambda o: (run_created_at(o), o["metadata"]["name"]))
+        try:
+            self._patch_workflow_status(
+                key, {"activeRuns": [{"name": o["metadata"]["name"]} for o in items]}
+            )
+        except TerminalError:
+            log.info("workflow %s is gone: its active runs are not recorded", key)
 
     def _prune_runs(self, key: WorkflowKey) -> None:
         """Delete the oldest finished runs of a workflow beyond run_history (Jobs follow)."""

@@ -106,6 +106,7 @@ def job_object(
     owner: str,
     run_uid: str | None,
     compute: Mapping[str, ComputeProfile],
+    ttl: int | None = None,
 ) -> Obj:
     """The Job of one step of one run; TerminalError when the step cannot run here."""
     run, name = launch.run, launch.step
@@ -195,15 +196,13 @@ def job_object(
                 "blockOwnerDeletion": True,
             }
         ]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata,
-        "spec": {
-            "backoffLimit": 0,  # retries are the reconciler's, not the Job controller's
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
+    job_spec: Obj = {
+        "backoffLimit": 0,  # retries are the reconciler's, not the Job controller's
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
+    if ttl is not None:
+        job_spec["ttlSecondsAfterFinished"] = ttl  # the run keeps the outcome; logs go with it
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
 def _resources(resources: Mapping[str, Any] | None) -> Obj:

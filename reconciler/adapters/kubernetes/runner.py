@@ -73,6 +73,7 @@ class KubernetesStepRunner:
         clock: Clock,
         compute: Mapping[str, ComputeProfile] | None = None,
         stuck_grace: float = 60.0,
+        job_ttl: int | None = 86400,
     ) -> None:
         self.client = client
         self.owner = owner
@@ -88,6 +89,7 @@ class KubernetesStepRunner:
             on_event=self._on_job,
         )
         self.stuck_grace = stuck_grace
+        self.job_ttl = job_ttl  # finished Jobs (and pods, logs) kept this long
         self._stuck: dict[_Key, tuple[float, str]] = {}  # job -> (first seen, why)
         self.pods = Informer(
             client,
@@ -120,7 +122,9 @@ class KubernetesStepRunner:
         self.start_watching()
         run = launch.run
         uid = self._run_uid(run.workspace, run.run_id)
-        job = job_object(launch, owner=self.owner, run_uid=uid, compute=self.compute)
+        job = job_object(
+            launch, owner=self.owner, run_uid=uid, compute=self.compute, ttl=self.job_ttl
+        )
         key = (run.workspace, str(job["metadata"]["name"]))
         with self._lock:
             self._awaiting[key] = (run.workspace, run.run_id, launch.step)
@@ -256,7 +260,15 @@ class KubernetesStepRunner:
             self.client.delete(JOBS, key[0], key[1], propagation="Background")
 
     def _pod_exit(self, key: _Key) -> tuple[int | None, str]:
-        pods, _ = self.client.list(PODS, namespace=key[0], label_selector=f"job-name={key[1]}")
+        """From the pod watch's cache; a list only when the watch has not seen the pod."""
+        pods = [
+            p
+            for p in self.pods.snapshot()
+            if (p.get("metadata") or {}).get("namespace") == key[0]
+            and ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == key[1]
+        ]
+        if not any(pod_exit(p)[0] is not None for p in pods):
+            pods, _ = self.client.list(PODS, namespace=key[0], label_selector=f"job-name={key[1]}")
         for pod in sorted(
             pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp"))
         ):
