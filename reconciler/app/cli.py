@@ -208,7 +208,7 @@ def daemon(once: bool, **flags: Any) -> None:
             )
             if not elector.acquire(loop.stop_event):
                 sys.exit(0)  # stopped while waiting
-            elector.keep_in_background(loop.stop_event, on_lost=loop.stop)
+            elector.keep_in_background(loop.stop_event, on_lost=loop.lose_leadership)
         health.set_role("leader")
         if not once and isinstance(backend, KubernetesBackend):
             assert isinstance(runner, KubernetesStepRunner)

@@ -66,10 +66,16 @@ class Daemon:
         self.passes = 0
         self.last_outcome: SyncOutcome | None = None
         self.health = health
+        self.leadership_lost = False
 
     def poke(self) -> None:
         """Ask for a pass now (coalesces with any other poke before the pass starts)."""
         self.poke_event.set()
+
+    def lose_leadership(self) -> None:
+        """Another replica may lead now: stop, and write nothing more on the way out."""
+        self.leadership_lost = True
+        self.stop()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -110,7 +116,8 @@ class Daemon:
                 worker.join()
             if reporting is not None:
                 reporting.join()
-                self.flush_status()  # what the last runs and the shutdown left
+                if not self.leadership_lost:  # the new leader reports from now on
+                    self.flush_status()  # what the last runs and the shutdown left
             self.syncer.close()
         log.info("daemon stopped")
         return 0

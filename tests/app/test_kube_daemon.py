@@ -440,3 +440,35 @@ def test_a_missing_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no usable Kubernetes configuration" in done.stderr
     assert "--kubeconfig" in done.stderr
+
+
+def test_a_leader_whose_lease_is_taken_stops_and_exits_1(
+    cluster: KubeEmulator, tmp_path: Path
+) -> None:
+    remote = Remote(tmp_path)
+    remote.copy_examples()
+    config = kubeconfig(cluster, tmp_path / "kubeconfig")
+    process = start(
+        remote, config, tmp_path / "state", extra_env={"RECONCILER_LEADER_ELECTION": "true"}
+    )
+    path = ("coordination.k8s.io/v1/leases", "workflow-reconciler", "workflow-reconciler-leader")
+    try:
+        wait_for(lambda: len(names(cluster)) == 4, what="it leads and applies")
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            lease = cluster.get(*path)
+            assert lease is not None
+            # another replica (say, after a network partition) holds it and renews it
+            lease["spec"]["holderIdentity"] = "thief"
+            lease["spec"]["renewTime"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+            cluster.put(lease)
+            time.sleep(0.2)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, err
+    assert "lost the lease" in err
+    lease = cluster.get(*path)
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "thief"  # it did not release what it lost
