@@ -26,7 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import dag_overhead, memory, scheduling, status_batch, sync_scale, validate_files
+from bench import (
+    dag_overhead,
+    kube_requests,
+    memory,
+    scheduling,
+    status_batch,
+    sync_scale,
+    validate_files,
+)
 
 DEFAULT_OUT = Path("bench/out/results.json")
 
@@ -34,6 +42,7 @@ DEFAULT_OUT = Path("bench/out/results.json")
 @dataclass(frozen=True)
 class Sizes:
     manifests: int  # cold sync, no-op poll, one-file change
+    kube: int  # workflows on the Kubernetes test API server
     validate: int  # reconciler validate (no target; for reference)
     scheduled: int  # every-minute workflows
     boundaries: int  # minute boundaries the scheduler is watched over
@@ -42,8 +51,8 @@ class Sizes:
     memory: int  # applied workflows in the daemon-like process
 
 
-FULL = Sizes(10_000, 1_000, 10_000, 3, 1_000, 1_000, 10_000)
-QUICK = Sizes(300, 100, 1_000, 1, 50, 100, 300)
+FULL = Sizes(10_000, 1_000, 1_000, 10_000, 3, 1_000, 1_000, 10_000)
+QUICK = Sizes(300, 100, 100, 1_000, 1, 50, 100, 300)
 
 
 @dataclass
@@ -226,6 +235,24 @@ def rows_for(outcomes: dict[str, Outcome], sizes: Sizes) -> list[Row]:
                 r["rss_mb"] <= 200,
             )
         )
+    kube = outcomes["kube_requests"]
+    what = f"Kubernetes: forced no-op pass, {sizes.kube:,} Workflows"
+    if kube.result is None:
+        rows.append(failed_row(what, "0 writes", kube))
+    else:
+        r = kube.result
+        rows.append(
+            Row(
+                what,
+                f"{ms(r['forced_noop_s'])}, {r['forced_noop_requests']} requests, "
+                f"{r['forced_noop_writes']} writes; unchanged remote: "
+                f"{r['noop_poll_requests']} requests",
+                f"one list of every Workflow {ms(r['bare_list_s'])}",
+                f"{r['forced_noop_ratio']:.2f}x",
+                "0 writes",
+                r["forced_noop_writes"] == 0 and r["noop_poll_requests"] == 0,
+            )
+        )
     val = outcomes["validate_files"]
     what = f"reconciler validate, {sizes.validate:,} files (reference)"
     if val.result is None:
@@ -294,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         ("status_batch", lambda: status_batch.main(sizes.reports)),
         ("memory", lambda: memory.main(sizes.memory)),
         ("validate_files", lambda: validate_files.main(sizes.validate)),
+        ("kube_requests", lambda: kube_requests.main(sizes.kube)),
     ]
     outcomes = {name: run_measure(name, func) for name, func in measures}
     rows = rows_for(outcomes, sizes)

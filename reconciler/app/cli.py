@@ -18,11 +18,8 @@ import click
 
 from reconciler import __version__
 from reconciler.adapters.clocks import SystemClock
-from reconciler.adapters.kubernetes.backend import KubernetesBackend
-from reconciler.adapters.kubernetes.runner import KubernetesStepRunner
 from reconciler.adapters.local.locks import StateLock
 from reconciler.adapters.local.secrets import SecretStore
-from reconciler.adapters.local.store import LocalStore
 from reconciler.app import lifecycle
 from reconciler.app.cli_common import (
     make_syncer,
@@ -37,7 +34,7 @@ from reconciler.app.health import Health, HealthServer
 from reconciler.app.reporting import ReportingOptions, StatusReporter
 from reconciler.app.running import Executor, ExecutorOptions
 from reconciler.app.scheduling import Scheduler
-from reconciler.app.settings import Settings
+from reconciler.app.settings import Settings, SettingsError
 from reconciler.app.validation import validate_paths
 from reconciler.app.wiring import (
     build_elector,
@@ -45,6 +42,7 @@ from reconciler.app.wiring import (
     build_status_writer,
     build_store,
     deletion_policy,
+    start_watching,
     status_enabled,
 )
 from reconciler.core.schemas import workflow_json_schema
@@ -142,9 +140,11 @@ def daemon(once: bool, **flags: Any) -> None:
             f"another daemon (pid {lock.holder()}) already uses the state directory "
             f"{settings.state_dir}; one daemon per state directory"
         )
-    syncer = make_syncer(settings)
-    backend = syncer.backend
-    assert isinstance(backend, LocalStore | KubernetesBackend)
+    try:
+        backend = build_store(settings)
+    except (SettingsError, ReconcilerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    syncer = make_syncer(settings, backend)
     clock = SystemClock()
     scheduler = executor = None
     runner = build_runner(settings)
@@ -210,10 +210,8 @@ def daemon(once: bool, **flags: Any) -> None:
                 sys.exit(0)  # stopped while waiting
             elector.keep_in_background(loop.stop_event, on_lost=loop.lose_leadership)
         health.set_role("leader")
-        if not once and isinstance(backend, KubernetesBackend):
-            assert isinstance(runner, KubernetesStepRunner)
-            backend.start_watching()
-            runner.start_watching()
+        if not once and settings.backend == "kubernetes":
+            start_watching(backend, runner)
         if settings.watch and settings.repo is not None:
             from reconciler.adapters.watching import watch_directory
 

@@ -6,15 +6,11 @@ import functools
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.dirsource import DirectorySource
 from reconciler.adapters.gitsource import GitCredentials, GitSource
-from reconciler.adapters.kubernetes.backend import KubernetesBackend
-from reconciler.adapters.kubernetes.client import KubeClient, load_api_client
-from reconciler.adapters.kubernetes.jobs import ComputeProfile
-from reconciler.adapters.kubernetes.leases import LeaderElector, LeaseTimings
-from reconciler.adapters.kubernetes.runner import KubernetesStepRunner
 from reconciler.adapters.local.runner import LocalStepRunner
 from reconciler.adapters.local.secrets import SecretStore
 from reconciler.adapters.local.store import LocalStore
@@ -22,6 +18,11 @@ from reconciler.adapters.statusbranch import StatusWriter
 from reconciler.app.settings import Settings, SettingsError
 from reconciler.core.planning import DeletionPolicy
 from reconciler.ports import RunBackend, Source, StepRunner
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only when that backend is chosen
+    from reconciler.adapters.kubernetes.client import KubeClient
+    from reconciler.adapters.kubernetes.jobs import ComputeProfile
+    from reconciler.adapters.kubernetes.leases import LeaderElector
 
 
 def is_git_location(repo: str) -> bool:
@@ -93,6 +94,8 @@ def build_source(settings: Settings) -> Source:
 def build_store(settings: Settings) -> RunBackend:
     """The backend the settings name: the local store, or the Kubernetes API."""
     if settings.backend == "kubernetes":
+        from reconciler.adapters.kubernetes.backend import KubernetesBackend
+
         return KubernetesBackend(
             kube_client(settings),
             namespace=settings.kube_namespace,
@@ -105,6 +108,8 @@ def build_store(settings: Settings) -> RunBackend:
 
 @functools.cache
 def _kube_client(kubeconfig: Path | None, context: str | None) -> KubeClient:
+    from reconciler.adapters.kubernetes.client import KubeClient, load_api_client
+
     return KubeClient(load_api_client(kubeconfig=kubeconfig, context=context))
 
 
@@ -114,6 +119,8 @@ def kube_client(settings: Settings) -> KubeClient:
 
 
 def compute_profiles(settings: Settings) -> dict[str, ComputeProfile]:
+    from reconciler.adapters.kubernetes.jobs import ComputeProfile
+
     return {
         name: ComputeProfile(
             node_selector=dict(profile.node_selector),
@@ -126,6 +133,8 @@ def compute_profiles(settings: Settings) -> dict[str, ComputeProfile]:
 def build_runner(settings: Settings) -> StepRunner:
     """Where steps run: local processes, or Jobs."""
     if settings.backend == "kubernetes":
+        from reconciler.adapters.kubernetes.runner import KubernetesStepRunner
+
         return KubernetesStepRunner(
             kube_client(settings),
             owner=settings.owner,
@@ -147,6 +156,8 @@ def identity(settings: Settings) -> str:
 
 
 def build_elector(settings: Settings) -> LeaderElector:
+    from reconciler.adapters.kubernetes.leases import LeaderElector, LeaseTimings
+
     return LeaderElector(
         kube_client(settings),
         namespace=settings.kube_namespace,
@@ -167,3 +178,15 @@ def deletion_policy(settings: Settings) -> DeletionPolicy:
         max_count=settings.max_deletions,
         allow_prune=settings.allow_prune,
     )
+
+
+def start_watching(backend: RunBackend, runner: StepRunner) -> None:
+    """Kubernetes: follow Workflows, Jobs and pods by watches (the daemon's reads and step
+    results come from them). The local backend has nothing to watch."""
+    from reconciler.adapters.kubernetes.backend import KubernetesBackend
+    from reconciler.adapters.kubernetes.runner import KubernetesStepRunner
+
+    if isinstance(backend, KubernetesBackend):
+        backend.start_watching()
+    if isinstance(runner, KubernetesStepRunner):
+        runner.start_watching()
