@@ -52,6 +52,39 @@ class Clock(Protocol):
         ...
 
 
+class Recorder(Protocol):
+    """Where measurements go (Prometheus in the daemon); names follow Prometheus conventions
+    without the ``reconciler_`` prefix, e.g. ``git_fetch_duration_seconds``."""
+
+    def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        """Add to a counter."""
+        ...
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Put a value into a histogram."""
+        ...
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Set a gauge."""
+        ...
+
+
+class NullRecorder:
+    """Measures nothing: for one-shot commands and tests."""
+
+    def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        """Nothing to count into."""
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Nothing to observe into."""
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Nothing to set."""
+
+
+NULL_RECORDER = NullRecorder()
+
+
 @dataclass(frozen=True)
 class CommitInfo:
     revision: Revision
@@ -120,6 +153,10 @@ class Backend(Protocol):
 
     def get_workflow(self, key: WorkflowKey) -> AppliedWorkflow | None: ...
 
+    def workflow_states(self) -> dict[str, int]:
+        """How many live workflows (of any owner) are in each state; cheap (for metrics)."""
+        ...
+
     def apply_workflow(self, request: WorkflowApply) -> AppliedWorkflow:
         """Create or update; idempotent for the same spec hash and path."""
         ...
@@ -142,6 +179,15 @@ class Backend(Protocol):
         ...
 
     def record_sync(self, record: SyncRecord) -> None: ...
+
+    def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None:
+        """Something people should see happened: key is "workspace/name", or a word such as
+        "sync" for the reconciler itself."""
+        ...
+
+    def events(self, *, key: str | None = None, limit: int = 100) -> list[Event]:
+        """Events of one workflow (or all), newest first."""
+        ...
 
     def last_sync(self) -> SyncRecord | None: ...
 
@@ -265,12 +311,6 @@ class RunBackend(Backend, Protocol):
     def get_ledgers(self, keys: Sequence[WorkflowKey]) -> dict[WorkflowKey, Ledger]: ...
 
     def set_ledger(self, key: WorkflowKey, ledger: Ledger) -> None: ...
-
-    def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None: ...
-
-    def events(self, *, key: str | None = None, limit: int = 100) -> list[Event]:
-        """Events of one workflow (or all), newest first."""
-        ...
 
     def request_cancel(self, workspace: str, run_id: str, *, reason: str) -> bool: ...
 

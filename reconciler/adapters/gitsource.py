@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +35,14 @@ from git.exc import GitError
 
 from reconciler.core.names import Revision
 from reconciler.core.problems import Problem
-from reconciler.ports import CommitInfo, Snapshot, TerminalError, TransientError
+from reconciler.ports import (
+    NULL_RECORDER,
+    CommitInfo,
+    Recorder,
+    Snapshot,
+    TerminalError,
+    TransientError,
+)
 
 
 @dataclass(frozen=True)
@@ -287,7 +295,9 @@ class GitSource:
         cache_dir: Path,
         credentials: GitCredentials = GitCredentials(),
         timeout_seconds: float = 60.0,
+        recorder: Recorder = NULL_RECORDER,
     ) -> None:
+        self._recorder = recorder
         self._remote = parse_remote(url)
         check_branch(branch)
         if timeout_seconds <= 0:
@@ -434,16 +444,20 @@ class GitSource:
     def _fetch(self) -> None:
         self.fetch_count += 1
         refspec = f"+refs/heads/{self._branch}:refs/heads/{self._branch}"
-        self._run_network(
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--no-recurse-submodules",
-            "--",
-            self._remote.git_url,
-            refspec,
-        )
+        started = time.monotonic()
+        try:
+            self._run_network(
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--no-recurse-submodules",
+                "--",
+                self._remote.git_url,
+                refspec,
+            )
+        finally:
+            self._recorder.observe("git_fetch_duration_seconds", time.monotonic() - started)
 
     def _object_type(self, object_id: str) -> str | None:
         """The object's type in the mirror, None when it is not there."""
@@ -494,6 +508,7 @@ class GitSource:
         repo = self._open_mirror()
         status, out, err = self._execute(repo.git, list(args), env=self._network_env)
         if status != 0:
+            self._recorder.count("git_errors_total", operation=args[0])
             raise self._network_error(args[0], status, err)
         return out
 

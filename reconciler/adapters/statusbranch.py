@@ -44,7 +44,13 @@ from reconciler.adapters.gitsource import (
     parse_remote,
 )
 from reconciler.core.backoffs import Backoff
-from reconciler.ports import ReconcilerError, TerminalError, TransientError
+from reconciler.ports import (
+    NULL_RECORDER,
+    ReconcilerError,
+    Recorder,
+    TerminalError,
+    TransientError,
+)
 
 
 class StatusConfigError(TerminalError):
@@ -144,7 +150,9 @@ class StatusWriter:
         squash_depth: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        recorder: Recorder = NULL_RECORDER,
     ) -> None:
+        self._recorder = recorder
         try:
             self._remote = parse_remote(url)
             check_branch(branch)
@@ -237,20 +245,28 @@ class StatusWriter:
         with self._lock:
             self._ensure_repo()
             blobs = self._write_blobs(writes)
-            for attempt in range(self._backoff.attempts):
-                tip = self._fetch_tip()
-                built = self._build(tip, blobs, message=message, prune=prune)
-                if built is None:
-                    return tip or ""
-                if self._push_commit(built.commit, lease=tip if built.squashed else None):
-                    self._run_local("update-ref", self._ref, built.commit)
-                    self.push_count += 1
-                    return built.commit
-                if not self._backoff.should_retry(attempt):
-                    break
-                self.retry_count += 1
-                delay = self._backoff.delay(attempt, spread=self._rng.random())
-                self._sleep(min(_BACKOFF_CAP_SECONDS, delay))
+            try:
+                for attempt in range(self._backoff.attempts):
+                    tip = self._fetch_tip()
+                    built = self._build(tip, blobs, message=message, prune=prune)
+                    if built is None:
+                        self._recorder.count("status_pushes_total", result="unchanged")
+                        return tip or ""
+                    if self._push_commit(built.commit, lease=tip if built.squashed else None):
+                        self._run_local("update-ref", self._ref, built.commit)
+                        self.push_count += 1
+                        self._recorder.count("status_pushes_total", result="pushed")
+                        return built.commit
+                    if not self._backoff.should_retry(attempt):
+                        break
+                    self.retry_count += 1
+                    self._recorder.count("status_push_retries_total")
+                    delay = self._backoff.delay(attempt, spread=self._rng.random())
+                    self._sleep(min(_BACKOFF_CAP_SECONDS, delay))
+            except ReconcilerError:
+                self._recorder.count("status_pushes_total", result="failed")
+                raise
+        self._recorder.count("status_pushes_total", result="failed")
         raise StatusConflictError(
             f"pushing status to branch '{self._branch}' of {self.display_url} lost the race "
             f"against other writers {self._backoff.attempts} times in a row; the batch is kept "

@@ -7,10 +7,8 @@ to stdout unstyled; decoration goes to stderr, so pipes stay clean.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,6 @@ import click
 
 from reconciler import __version__
 from reconciler.adapters.clocks import SystemClock
-from reconciler.adapters.local.locks import StateLock
-from reconciler.adapters.local.secrets import SecretStore
 from reconciler.app import lifecycle
 from reconciler.app.cli_common import (
     make_syncer,
@@ -29,29 +25,18 @@ from reconciler.app.cli_common import (
     source_options,
     stderr,
 )
-from reconciler.app.daemon import Daemon, LoopOptions
-from reconciler.app.health import Health, HealthServer
-from reconciler.app.reporting import ReportingOptions, StatusReporter
-from reconciler.app.running import Executor, ExecutorOptions
-from reconciler.app.scheduling import Scheduler
-from reconciler.app.settings import Settings, SettingsError
+from reconciler.app.serving import serve
 from reconciler.app.validation import validate_paths
 from reconciler.app.wiring import (
-    build_elector,
-    build_runner,
-    build_status_writer,
     build_store,
     deletion_policy,
-    start_watching,
-    status_enabled,
 )
 from reconciler.core.schemas import workflow_json_schema
-from reconciler.core.slots import CatchUpPolicy
-from reconciler.ports import ReconcilerError, StepRunner
+from reconciler.ports import ReconcilerError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="reconciler")
+@click.version_option(__version__, prog_name="reconciler", message="%(prog)s %(version)s")
 def cli() -> None:
     """GitOps reconciler for DataOS v2alpha Workflows."""
 
@@ -130,124 +115,7 @@ def sync(**flags: Any) -> None:
 @click.option("--interval", type=float, help="Seconds between polls (default 60).")
 def daemon(once: bool, **flags: Any) -> None:
     """Keep the backend equal to the repository: poll, plan, apply, until SIGTERM."""
-    settings = resolve_settings(**flags)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    lock = StateLock(settings.state_dir)
-    if not once and not lock.acquire():
-        raise click.ClickException(
-            f"another daemon (pid {lock.holder()}) already uses the state directory "
-            f"{settings.state_dir}; one daemon per state directory"
-        )
-    try:
-        backend = build_store(settings)
-    except (SettingsError, ReconcilerError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    syncer = make_syncer(settings, backend)
-    clock = SystemClock()
-    scheduler = executor = None
-    runner = build_runner(settings)
-    if not once:
-        executor = Executor(
-            backend,
-            runner,
-            clock=clock,
-            options=ExecutorOptions(max_parallel=settings.max_parallel),
-        )
-        scheduler = Scheduler(
-            backend,
-            clock=clock,
-            policy=CatchUpPolicy(
-                mode=settings.catch_up,
-                starting_deadline=timedelta(seconds=settings.starting_deadline),
-            ),
-            on_created=executor.notify,
-        )
-    reporter = None
-    if not once and status_enabled(settings):
-        reporter = StatusReporter(
-            backend,
-            build_status_writer(settings),
-            clock=clock,
-            **_report_logs(settings, runner),
-            options=ReportingOptions(
-                keep_succeeded=settings.status_keep_succeeded,
-                keep_failed=settings.status_keep_failed,
-            ),
-        )
-    health = Health(clock.monotonic, stale_after=max(300.0, 5 * settings.interval))
-    loop = Daemon(
-        syncer,
-        options=LoopOptions(
-            interval=settings.interval,
-            jitter=settings.jitter,
-            once=once,
-            shutdown_grace=settings.shutdown_grace,
-            status_flush_interval=settings.status_flush_interval,
-        ),
-        on_outcome=report_outcome,
-        scheduler=scheduler,
-        executor=executor,
-        reporter=reporter,
-        health=health,
-    )
-    loop.install_signal_handlers()
-    server = None
-    if settings.http_address and not once:
-        server = HealthServer(settings.http_address, health)
-        server.start()
-    elector = None
-    try:
-        if settings.backend == "kubernetes" and settings.leader_election and not once:
-            elector = build_elector(settings)
-            health.set_role("standby")
-            stderr.print(
-                f"{elector.identity}: standby until it holds the lease "
-                f"{settings.kube_namespace}/{settings.lease_name}"
-            )
-            if not elector.acquire(loop.stop_event):
-                sys.exit(0)  # stopped while waiting
-            elector.keep_in_background(loop.stop_event, on_lost=loop.lose_leadership)
-        health.set_role("leader")
-        if not once and settings.backend == "kubernetes":
-            start_watching(backend, runner)
-        if settings.watch and settings.repo is not None:
-            from reconciler.adapters.watching import watch_directory
-
-            directory = Path(settings.repo) / settings.path
-            watch_directory(directory, on_change=loop.poke, stop_event=loop.stop_event)
-            stderr.print(f"watching {directory} for changes (Ctrl-C to stop)")
-        code = loop.run()
-        health.set_role("stopping")
-        if elector is not None and not elector.is_leader:
-            stderr.print("lost the lease: exiting so a fresh start waits as a standby")
-            code = 1
-    except ReconcilerError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        if elector is not None:
-            elector.release()
-        if server is not None:
-            server.stop()
-    sys.exit(code)
-
-
-def _report_logs(settings: Settings, runner: StepRunner) -> dict[str, Any]:
-    """Log tails for the status branch: only where secret values are known to redact them.
-
-    The local backend knows every secret value (its store) and redacts them; on
-    Kubernetes the daemon never reads a Secret, so it cannot redact a step that
-    prints one: reports there carry no log tails (read them with `reconciler log`).
-    """
-    if settings.backend == "kubernetes":
-        return {"read_log": _no_log, "secret_values": tuple}
-    secrets = SecretStore(settings.state_dir)
-    return {"read_log": runner.read_log, "secret_values": lambda: all_secret_values(secrets)}
-
-
-def _no_log(workspace: str, run_id: str, step: str) -> bytes | None:
-    return None
+    sys.exit(serve(resolve_settings(**flags), once=once))
 
 
 @cli.command()
@@ -321,11 +189,6 @@ def plan(
 
 
 lifecycle.register(cli)
-
-
-def all_secret_values(secrets: SecretStore) -> list[str]:
-    """Every value in the local secret store: what the status branch must never show."""
-    return [value for secret_id in secrets.list() for value in secrets.get(secret_id).values()]
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from reconciler.adapters.clocks import SystemClock
 from reconciler.app.settings import Settings, SettingsError, load_settings
 from reconciler.app.syncing import Syncer, SyncOptions, SyncOutcome
 from reconciler.app.wiring import build_source, build_store, deletion_policy
-from reconciler.ports import Backend, ReconcilerError
+from reconciler.ports import NULL_RECORDER, Backend, ReconcilerError, Recorder
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # messages never wrapped
 # Off a terminal (pipes, CI logs) tables keep their full width instead of 80 columns.
@@ -99,9 +99,11 @@ def resolve_settings(**flags: Any) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-def make_syncer(settings: Settings, store: Backend | None = None) -> Syncer:
+def make_syncer(
+    settings: Settings, store: Backend | None = None, *, recorder: Recorder = NULL_RECORDER
+) -> Syncer:
     try:
-        source = build_source(settings)
+        source = build_source(settings, recorder=recorder)
         store = store if store is not None else build_store(settings)
     except (SettingsError, ReconcilerError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -16,11 +16,13 @@ import logging
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
 from reconciler.app.health import Health
+from reconciler.app.metrics import PrometheusRecorder
 from reconciler.app.reporting import StatusReporter
 from reconciler.app.running import Executor
 from reconciler.app.scheduling import Scheduler
@@ -37,6 +39,7 @@ class LoopOptions:
     once: bool = False
     shutdown_grace: float = 30.0
     status_flush_interval: float = 30.0
+    debounce: float = 0.0  # seconds a poke waits for more (a burst of webhooks: one pass)
 
 
 class Daemon:
@@ -51,6 +54,7 @@ class Daemon:
         reporter: StatusReporter | None = None,
         rng: random.Random | None = None,
         health: Health | None = None,
+        recorder: PrometheusRecorder | None = None,
     ) -> None:
         self.syncer = syncer
         self.options = options
@@ -66,6 +70,7 @@ class Daemon:
         self.passes = 0
         self.last_outcome: SyncOutcome | None = None
         self.health = health
+        self.recorder = recorder
         self.leadership_lost = False
 
     def poke(self) -> None:
@@ -109,7 +114,9 @@ class Daemon:
             while not self.stop_event.is_set():
                 self.poke_event.clear()
                 self._sync()
-                self.poke_event.wait(self.next_delay())
+                poked = self.poke_event.wait(self.next_delay())
+                if poked and self.options.debounce > 0:
+                    self.stop_event.wait(self.options.debounce)  # let a burst of pokes end
         finally:
             self.stop()
             for worker in workers:
@@ -136,11 +143,11 @@ class Daemon:
             self.flush_status()
 
     def _sync(self) -> SyncOutcome:
+        started = time.monotonic()
         outcome = self.syncer.sync()
         self.passes += 1
         self.last_outcome = outcome
-        if self.health is not None:
-            self.health.beat(passes=self.passes)
+        self._measure(outcome, time.monotonic() - started)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         changed = outcome.plan is not None and outcome.plan.has_changes
@@ -148,6 +155,18 @@ class Daemon:
             self.scheduler.refresh()
             self.scheduler_wake.set()
         return outcome
+
+    def _measure(self, outcome: SyncOutcome, seconds: float) -> None:
+        reached = outcome.plan is not None or outcome.result == "unchanged"
+        if self.health is not None:
+            self.health.record(outcome.result, source_ok=reached, message=outcome.message)
+        if self.recorder is None:
+            return
+        self.recorder.observe("sync_duration_seconds", seconds, result=outcome.result)
+        self.recorder.count("syncs_total", result=outcome.result)
+        self.recorder.set("last_sync_timestamp_seconds", time.time())
+        if outcome.result == "succeeded" and outcome.revision:
+            self.recorder.applied_revision(outcome.revision, self.syncer.source.display_url)
 
     def _schedule(self) -> None:
         assert self.scheduler is not None

@@ -4,28 +4,47 @@ Each reads or writes the local backend's state directly, so they work with
 or without a daemon. ``run --wait`` executes the run itself when no daemon
 holds the state directory; otherwise it waits for the daemon to do it. The
 seed's spellings work too: ``reconciler resource get -t workflow -n NAME -d``.
+
+Machine output (``-o json`` / ``-o yaml``) goes to stdout alone and is a stable
+interface: keys are snake_case and only ever added, never renamed; times are
+ISO 8601 in UTC with milliseconds and a ``Z`` (``2026-03-08T07:30:00.000Z``:
+fixed width, so they sort as strings); absent values are ``null``. The keys of
+each command are listed in :data:`MACHINE_KEYS` and in its ``--help``.
+``log`` prints the raw step output and has no ``-o``.
 """
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import json
 import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, NoReturn, overload
 
 import click
 import yaml
+from rich.console import Console
+from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
 from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.local.locks import StateLock
-from reconciler.adapters.local.secrets import SecretStore
+from reconciler.adapters.local.secrets import SecretNotFound, SecretStore
 from reconciler.app.cli_common import resolve_settings, settings_options, stderr, stdout
+from reconciler.app.completion import (
+    complete_run_ids,
+    complete_step_names,
+    complete_workflow_names,
+    completion_command,
+)
 from reconciler.app.running import Executor
 from reconciler.app.scheduling import resume_from_now
 from reconciler.app.settings import Settings
@@ -38,6 +57,47 @@ from reconciler.core.workflows import AppliedWorkflow, DesiredWorkflow
 from reconciler.ports import ReconcilerError, RunBackend
 
 OUTPUTS = click.Choice(["table", "json", "yaml"])
+OUTPUT_HELP = "table for people; json or yaml for machines (keys below)."
+
+# The documented keys of each command's json/yaml output (a key is only ever added).
+MACHINE_KEYS: dict[str, str] = {
+    "get": (
+        "{workflows: [{workspace, name, state, suspended, last_run, result, next_run, "
+        "revision, path, source, owner, updated_at; with -d also spec (the manifest as "
+        "applied), images {step: image}, recent_runs [{run, state, trigger, reason, "
+        "created_at, finished_at}]}], last_sync: {revision, result, started_at, finished_at, "
+        "message} or null}"
+    ),
+    "runtime get": (
+        "{workflow (workspace/name), workspace, run, state, trigger, requested_by, slot, "
+        "revision, created_at, started_at, finished_at, reason, duration_seconds, "
+        "cancel_requested, steps: [{name, depends, state, started_at, finished_at, exit_code, "
+        "reason, duration_seconds, image}]}"
+    ),
+    "events": "[{at, workflow (workspace/name), run, kind, message}], newest first",
+    "next-runs": (
+        "{workflow (workspace/name), timezone, crons, from, next_runs (in the workflow's "
+        "time zone, with its UTC offset), next_runs_utc}"
+    ),
+    "secret list": "{secrets: [{id, keys}]} (key names only, never values)",
+}
+
+
+def machine_epilog(command: str) -> str:
+    return f"-o json|yaml keys: {MACHINE_KEYS[command]}. Times are ISO 8601 in UTC."
+
+
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
+def iso(moment: datetime | None) -> str | None:
+    """``2026-03-08T07:30:00.000Z``: UTC, milliseconds, fixed width (sorts as a string)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def open_store(settings: Settings) -> RunBackend:
@@ -47,15 +107,65 @@ def open_store(settings: Settings) -> RunBackend:
         raise click.ClickException(str(exc)) from exc
 
 
-def find_workflow(store: RunBackend, name: str, workspace: str) -> AppliedWorkflow:
+def backend_label(settings: Settings) -> str:
+    """Where the commands looked, for messages: a wrong --state-dir is a common slip."""
+    if settings.backend == "kubernetes":
+        context = f" (context {settings.kube_context})" if settings.kube_context else ""
+        return f"the Kubernetes backend{context}"
+    return f"the state directory {settings.state_dir}"
+
+
+def ws_flag(workspace: str) -> str:
+    """`` -w WORKSPACE`` for a suggested command line, nothing for the default workspace."""
+    return "" if workspace == "public" else f" -w {workspace}"
+
+
+def listing(names: Sequence[str], *, most: int = 10) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def unknown_workflow(
+    store: RunBackend, name: str, workspace: str, settings: Settings | None = None
+) -> str:
+    """What to say about a workflow that is not there, and what to do instead."""
+    applied = store.all_workflows()
+    elsewhere = sorted({w.workspace for w in applied if w.name == name})
+    message = f"no workflow {name!r} in workspace {workspace!r}"
+    if settings is not None:
+        message += f" of {backend_label(settings)}"
+    if elsewhere:
+        flags = " or ".join(f"-w {w}" for w in elsewhere)
+        return f"{message}; it is in workspace {', '.join(elsewhere)}: add {flags}"
+    tombstone = store.get_workflow(WorkflowKey(f"{workspace}/{name}"))
+    if tombstone is not None:  # kept with state "deleted"
+        return (
+            f"{message}: it was deleted ({tombstone.path} left git, or --force); its history: "
+            f"reconciler events -n {name}{ws_flag(workspace)}"
+        )
+    if not applied:
+        return (
+            f"{message}: nothing is applied there yet. Apply the manifests with "
+            "`reconciler sync --repo REPO` (or run the daemon), or point at the right "
+            "backend with --state-dir / --backend"
+        )
+    known = sorted(w.name for w in applied if w.workspace == workspace)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+    if known:
+        hint += f" Known in {workspace}: {listing(known)}."
+    else:
+        workspaces = sorted({w.workspace for w in applied})
+        hint += f" Workspace {workspace!r} has none; workspaces: {', '.join(workspaces)}."
+    return f"{message}{hint} List them all with: reconciler get -a"
+
+
+def find_workflow(
+    store: RunBackend, name: str, workspace: str, settings: Settings | None = None
+) -> AppliedWorkflow:
     workflow = store.get_workflow(WorkflowKey(f"{workspace}/{name}"))
     if workflow is None or workflow.state == "deleted":
-        known = [w.name for w in store.all_workflows() if w.workspace == workspace]
-        hint = f" Known in {workspace}: {', '.join(known)}." if known else ""
-        raise click.ClickException(
-            f"no workflow {name!r} in workspace {workspace!r}.{hint} "
-            "List every workspace with: reconciler get -a"
-        )
+        raise click.ClickException(unknown_workflow(store, name, workspace, settings))
     return workflow
 
 
@@ -67,7 +177,7 @@ def emit(document: Any, output: str) -> None:
 
 
 def when(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def seconds(value: float | None) -> str:
@@ -82,27 +192,46 @@ def next_run(workflow: AppliedWorkflow, now: datetime) -> datetime | None:
     return upcoming[0] if upcoming else None
 
 
-def run_summary(run: Run) -> dict[str, Any]:
+def step_images(spec: Any) -> dict[str, str | None]:
     return {
+        s["name"]: (s.get("spec") or {}).get("stackSpec", {}).get("image")
+        for s in spec["spec"]["dag"]
+    }
+
+
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """``runtime get -o json``: see MACHINE_KEYS."""
+    images = step_images(run.spec)
+    return {
+        "workflow": run.key,
+        "workspace": run.workspace,
         "run": run.run_id,
         "state": run.state,
         "trigger": run.trigger,
         "requested_by": run.requested_by,
-        "slot": run.slot.isoformat() if run.slot else None,
+        "slot": iso(run.slot),
         "revision": run.revision,
-        "created_at": run.created_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
         "reason": run.reason,
+        "duration_seconds": rounded(run.duration_seconds),
+        "cancel_requested": run.cancel_requested,
         "steps": [
             {
                 "name": s.name,
                 "depends": list(s.depends),
                 "state": s.state,
-                "started_at": s.started_at.isoformat() if s.started_at else None,
-                "finished_at": s.finished_at.isoformat() if s.finished_at else None,
+                "started_at": iso(s.started_at),
+                "finished_at": iso(s.finished_at),
                 "exit_code": s.exit_code,
                 "reason": s.reason,
+                "duration_seconds": rounded(s.duration_seconds),
+                "image": images.get(s.name),
             }
             for s in run.steps
         ],
@@ -112,9 +241,9 @@ def run_summary(run: Run) -> dict[str, Any]:
 def workflow_document(
     store: RunBackend, workflow: AppliedWorkflow, *, detail: bool
 ) -> dict[str, Any]:
+    """One item of ``get -o json``: see MACHINE_KEYS."""
     now = datetime.now(UTC)
     last = store.runs_of(workflow.key, limit=1)
-    upcoming = next_run(workflow, now)
     document: dict[str, Any] = {
         "workspace": workflow.workspace,
         "name": workflow.name,
@@ -122,21 +251,25 @@ def workflow_document(
         "suspended": workflow.suspended,
         "last_run": last[0].run_id if last else None,
         "result": last[0].state if last else None,
-        "next_run": upcoming.isoformat() if upcoming else None,
+        "next_run": iso(next_run(workflow, now)),
         "revision": workflow.revision,
         "path": workflow.path,
         "source": workflow.source,
         "owner": workflow.owner,
-        "updated_at": workflow.updated_at.isoformat(),
+        "updated_at": iso(workflow.updated_at),
     }
     if detail:
         document["spec"] = dict(workflow.spec)
-        document["images"] = {
-            s["name"]: (s.get("spec") or {}).get("stackSpec", {}).get("image")
-            for s in workflow.spec["spec"]["dag"]
-        }
+        document["images"] = step_images(workflow.spec)
         document["recent_runs"] = [
-            {"run": r.run_id, "state": r.state, "trigger": r.trigger, "reason": r.reason}
+            {
+                "run": r.run_id,
+                "state": r.state,
+                "trigger": r.trigger,
+                "reason": r.reason,
+                "created_at": iso(r.created_at),
+                "finished_at": iso(r.finished_at),
+            }
             for r in store.runs_of(workflow.key, limit=10)
         ]
     return document
@@ -156,13 +289,18 @@ def _get(
     settings = resolve_settings(**flags)
     store = open_store(settings)
     if name is not None and not all_workspaces:
-        workflows = [find_workflow(store, name, workspace)]
+        workflows = [find_workflow(store, name, workspace, settings)]
     else:
         workflows = [
             w
             for w in store.all_workflows()
             if (all_workspaces or w.workspace == workspace) and (name is None or w.name == name)
         ]
+    if name is not None and not workflows:
+        raise click.ClickException(
+            f"no workflow {name!r} in any workspace of {backend_label(settings)}. "
+            "List them all with: reconciler get -a"
+        )
     documents = [workflow_document(store, w, detail=detail) for w in workflows]
     last = store.last_sync()
     if output != "table":
@@ -174,7 +312,8 @@ def _get(
                 else {
                     "revision": last.revision,
                     "result": last.result,
-                    "finished_at": last.finished_at.isoformat(),
+                    "started_at": iso(last.started_at),
+                    "finished_at": iso(last.finished_at),
                     "message": last.message,
                 },
             },
@@ -201,11 +340,22 @@ def _get(
             state,
             d["last_run"] or "-",
             d["result"] or "-",
-            (d["next_run"] or "-")[:16].replace("T", " "),
+            "-" if d["next_run"] is None else d["next_run"][:16].replace("T", " ") + "Z",
             d["revision"][:12],
             d["path"],
         )
-    stdout.print(table)
+    if documents:
+        stdout.print(table)
+    else:
+        scope = "any workspace" if all_workspaces else f"workspace {workspace!r}"
+        stderr.print(
+            f"no workflows in {scope} of {backend_label(settings)}; "
+            + (
+                "apply the manifests with: reconciler sync --repo REPO"
+                if all_workspaces
+                else "every workspace: reconciler get -a"
+            )
+        )
     if detail:
         for d in documents:
             stdout.print(f"\n[bold]{d['workspace']}/{d['name']}[/]")
@@ -230,7 +380,27 @@ def name_options(func: Any) -> Any:
     func = click.option(
         "-w", "--workspace", default="public", show_default=True, help="Workspace of the workflow."
     )(func)
-    return click.option("-n", "--name", required=True, help="Name of the workflow.")(func)
+    return click.option(
+        "-n",
+        "--name",
+        required=True,
+        help="Name of the workflow.",
+        shell_complete=complete_workflow_names,
+    )(func)
+
+
+def output_option() -> Callable[[Any], Any]:
+    return click.option(
+        "-o", "--output", type=OUTPUTS, default="table", show_default=True, help=OUTPUT_HELP
+    )
+
+
+run_option = click.option(
+    "--run",
+    "run_id",
+    help="A run id (default: the latest run).",
+    shell_complete=complete_run_ids,
+)
 
 
 # ``dataos-ctl resource VERB -t workflow``: the type is accepted (and only "workflow").
@@ -247,16 +417,18 @@ type_option = click.option(
 def register(cli: click.Group) -> None:
     """Add the lifecycle commands (and the ``resource`` aliases) to the CLI."""
 
-    @cli.command("get")
+    @cli.command("get", epilog=machine_epilog("get"))
     @settings_options
     @type_option
-    @click.option("-n", "--name", help="Only this workflow.")
+    @click.option(
+        "-n", "--name", help="Only this workflow.", shell_complete=complete_workflow_names
+    )
     @click.option(
         "-w", "--workspace", default="public", show_default=True, help="Workspace to list."
     )
     @click.option("-a", "--all-workspaces", is_flag=True, help="List across all workspaces.")
     @click.option("-d", "--detail", is_flag=True, help="Show the spec, images and recent runs.")
-    @click.option("-o", "--output", type=OUTPUTS, default="table", show_default=True)
+    @output_option()
     def get(
         name: str | None,
         workspace: str,
@@ -272,12 +444,12 @@ def register(cli: click.Group) -> None:
     def runtime() -> None:
         """Runtime details of a workflow's runs."""
 
-    @runtime.command("get")
+    @runtime.command("get", epilog=machine_epilog("runtime get"))
     @settings_options
     @type_option
     @name_options
-    @click.option("--run", "run_id", help="A run id (default: the latest run).")
-    @click.option("-o", "--output", type=OUTPUTS, default="table", show_default=True)
+    @run_option
+    @output_option()
     def runtime_get(
         name: str, workspace: str, run_id: str | None, output: str, **flags: Any
     ) -> None:
@@ -288,8 +460,8 @@ def register(cli: click.Group) -> None:
     @settings_options
     @type_option
     @name_options
-    @click.option("--container", "step", help="Only this step.")
-    @click.option("--run", "run_id", help="A run id (default: the latest run).")
+    @click.option("--container", "step", help="Only this step.", shell_complete=complete_step_names)
+    @run_option
     @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
     def log_command(
         name: str, workspace: str, step: str | None, run_id: str | None, follow: bool, **flags: Any
@@ -310,7 +482,12 @@ def register(cli: click.Group) -> None:
     @cli.command("cancel")
     @settings_options
     @name_options
-    @click.option("--run", "run_id", help="A run id (default: every active run).")
+    @click.option(
+        "--run",
+        "run_id",
+        help="A run id (default: every active run).",
+        shell_complete=complete_run_ids,
+    )
     def cancel(name: str, workspace: str, run_id: str | None, **flags: Any) -> None:
         """Cancel active runs: pending ones at once, running ones once their steps stop."""
         _cancel(name, workspace, run_id, flags)
@@ -338,9 +515,11 @@ def register(cli: click.Group) -> None:
         """Delete a workflow from the backend. The GitOps way is to delete its manifest from git."""
         _delete(name, workspace, force, flags)
 
-    @cli.command("next-runs")
+    @cli.command("next-runs", epilog=machine_epilog("next-runs"))
     @settings_options
-    @click.option("-n", "--name", help="An applied workflow.")
+    @click.option(
+        "-n", "--name", help="An applied workflow.", shell_complete=complete_workflow_names
+    )
     @click.option("-w", "--workspace", default="public", show_default=True)
     @click.option(
         "--file",
@@ -350,9 +529,7 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--from", "start", help="ISO-8601 time to count from (default: now).")
     @click.option("--count", default=5, show_default=True, type=click.IntRange(1, 1000))
-    @click.option(
-        "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
-    )
+    @output_option()
     def next_runs(
         name: str | None,
         workspace: str,
@@ -365,12 +542,14 @@ def register(cli: click.Group) -> None:
         """The coming slot times of a workflow, in its time zone."""
         _next_runs(name, workspace, file, start, count, output, flags)
 
-    @cli.command("events")
+    @cli.command("events", epilog=machine_epilog("events"))
     @settings_options
-    @click.option("-n", "--name", help="Only this workflow.")
+    @click.option(
+        "-n", "--name", help="Only this workflow.", shell_complete=complete_workflow_names
+    )
     @click.option("-w", "--workspace", default="public", show_default=True)
-    @click.option("--limit", default=50, show_default=True)
-    @click.option("-o", "--output", type=OUTPUTS, default="table", show_default=True)
+    @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+    @output_option()
     def events(name: str | None, workspace: str, limit: int, output: str, **flags: Any) -> None:
         """The event log: applies, runs, skipped slots, failures."""
         _events(name, workspace, limit, output, flags)
@@ -387,13 +566,12 @@ def register(cli: click.Group) -> None:
         """Set keys of a secret: KEY=VALUE, KEY=@FILE (read a file) or KEY=- (read stdin)."""
         _secret_set(secret_id, pairs, flags)
 
-    @secret.command("list")
+    @secret.command("list", epilog=machine_epilog("secret list"))
     @settings_options
-    def secret_list(**flags: Any) -> None:
-        """Secret ids and their key names."""
-        store = local_secrets(resolve_settings(**flags))
-        for secret_id, keys in store.list().items():
-            click.echo(f"{secret_id}: {', '.join(keys)}")
+    @output_option()
+    def secret_list(output: str, **flags: Any) -> None:
+        """Secret ids and their key names (never the values)."""
+        _secret_list(output, flags)
 
     @secret.command("delete")
     @settings_options
@@ -401,15 +579,12 @@ def register(cli: click.Group) -> None:
     @click.argument("keys", nargs=-1)
     def secret_delete(secret_id: str, keys: tuple[str, ...], **flags: Any) -> None:
         """Delete a secret, or only some of its keys."""
-        store = local_secrets(resolve_settings(**flags))
-        try:
-            store.unset(secret_id, keys) if keys else store.delete(secret_id)
-        except (ReconcilerError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        _secret_delete(secret_id, keys, flags)
 
     _register_resource_aliases(
         cli, get=get, runtime_get=runtime_get, log=log_command, delete=delete
     )
+    cli.add_command(completion_command())
 
 
 def _register_resource_aliases(
@@ -461,17 +636,47 @@ def _register_resource_aliases(
 # -- runtime, log -------------------------------------------------------------
 
 
+def unknown_run(store: RunBackend, workflow: AppliedWorkflow, run_id: str) -> str:
+    """What to say about a run id that is not one of this workflow's runs."""
+    ws = ws_flag(workflow.workspace)
+    other = store.get_run(workflow.workspace, run_id)
+    if other is not None:
+        return (
+            f"run {run_id!r} belongs to workflow {other.name!r}, not {workflow.name!r}: "
+            f"reconciler runtime get -n {other.name}{ws} --run {run_id}"
+        )
+    recent = store.runs_of(workflow.key, limit=5)
+    if not recent:
+        return (
+            f"no run {run_id!r} of workflow {workflow.key}: it has no runs yet; start one "
+            f"with: reconciler run -n {workflow.name}{ws} --wait"
+        )
+    listed = ", ".join(f"{r.run_id} ({r.state})" for r in recent)
+    return (
+        f"no run {run_id!r} of workflow {workflow.key}. Its recent runs: {listed}. "
+        f"Leave out --run for the latest; the last 10: reconciler get -n {workflow.name}{ws} -d"
+    )
+
+
 def pick_run(store: RunBackend, workflow: AppliedWorkflow, run_id: str | None) -> Run:
     if run_id is not None:
         run = store.get_run(workflow.workspace, run_id)
         if run is None or run.name != workflow.name:
-            raise click.ClickException(f"no run {run_id!r} of workflow {workflow.name!r}")
+            raise click.ClickException(unknown_run(store, workflow, run_id))
         return run
-    runs = [r for r in store.runs_of(workflow.key, limit=20) if r.state != "skipped"]
+    recent = store.runs_of(workflow.key, limit=20)
+    runs = [r for r in recent if r.state != "skipped"]
     if not runs:
+        ws = ws_flag(workflow.workspace)
+        skipped = (
+            f" (its last {len(recent)} slot(s) were skipped: {recent[0].reason or 'no reason'}; "
+            f"see reconciler events -n {workflow.name}{ws})"
+            if recent
+            else ""
+        )
         raise click.ClickException(
-            f"workflow {workflow.name!r} has no runs yet; start one with: "
-            f"reconciler run -n {workflow.name} --wait"
+            f"workflow {workflow.name!r} has no runs yet{skipped}; start one with: "
+            f"reconciler run -n {workflow.name}{ws} --wait"
         )
     return runs[0]
 
@@ -479,16 +684,14 @@ def pick_run(store: RunBackend, workflow: AppliedWorkflow, run_id: str | None) -
 def _runtime(
     name: str, workspace: str, run_id: str | None, output: str, flags: dict[str, Any]
 ) -> None:
-    store = open_store(resolve_settings(**flags))
-    workflow = find_workflow(store, name, workspace)
+    settings = resolve_settings(**flags)
+    store = open_store(settings)
+    workflow = find_workflow(store, name, workspace, settings)
     run = pick_run(store, workflow, run_id)
     if output != "table":
         emit(run_summary(run), output)
         return
-    images = {
-        s["name"]: (s.get("spec") or {}).get("stackSpec", {}).get("image") or "-"
-        for s in run.spec["spec"]["dag"]
-    }
+    images = step_images(run.spec)
     stdout.print(
         f"[bold]{workflow.workspace}/{workflow.name}[/] run [bold]{run.run_id}[/]: {run.state}"
         + (f" ({run.reason})" if run.reason else "")
@@ -521,7 +724,7 @@ def _runtime(
             when(step.finished_at),
             seconds(step.duration_seconds),
             "-" if step.exit_code is None else str(step.exit_code),
-            images.get(step.name, "-"),
+            images.get(step.name) or "-",
             step.reason or "",
         )
     stdout.print(table)
@@ -549,10 +752,10 @@ def _log(
 ) -> None:
     settings = resolve_settings(**flags)
     store = open_store(settings)
-    workflow = find_workflow(store, name, workspace)
+    workflow = find_workflow(store, name, workspace, settings)
     run = pick_run(store, workflow, run_id)
-    if step is not None:
-        run.step(step) if step in {s.name for s in run.steps} else _no_step(run, step)
+    if step is not None and step not in {s.name for s in run.steps}:
+        _no_step(run, step)
     runner = build_runner(settings)
     offsets: dict[str, int] = {}
     while True:
@@ -573,9 +776,14 @@ def _log(
         run = refreshed if refreshed is not None else run
 
 
-def _no_step(run: Run, step: str) -> None:
-    names = ", ".join(s.name for s in run.steps)
-    raise click.ClickException(f"run {run.run_id} has no step {step!r}; its steps: {names}")
+def _no_step(run: Run, step: str) -> NoReturn:
+    names = [s.name for s in run.steps]
+    close = difflib.get_close_matches(step, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise click.ClickException(
+        f"run {run.run_id} has no step {step!r}{hint}; its steps: {', '.join(names)}. "
+        "Leave out --container to print every step's log."
+    )
 
 
 # -- run, cancel ------------------------------------------------------------------
@@ -592,14 +800,15 @@ def requester() -> str:
 def _run(name: str, workspace: str, wait: bool, flags: dict[str, Any]) -> None:
     settings = resolve_settings(**flags)
     store = open_store(settings)
-    workflow = find_workflow(store, name, workspace)
+    workflow = find_workflow(store, name, workspace, settings)
+    ws = ws_flag(workflow.workspace)
     now = datetime.now(UTC)
     policy = (workflow.spec["spec"].get("schedule") or {}).get("concurrencyPolicy", "Allow")
     active = store.runs_of(workflow.key, states=["pending", "running"])
     if active and policy == "Forbid":
         raise click.ClickException(
             f"run {active[0].run_id} is still {active[0].state} and concurrencyPolicy is "
-            f"Forbid; wait for it or cancel it: reconciler cancel -n {name}"
+            f"Forbid; wait for it or cancel it: reconciler cancel -n {name}{ws}"
         )
     run = new_run(
         workspace=workflow.workspace,
@@ -624,47 +833,140 @@ def _run(name: str, workspace: str, wait: bool, flags: dict[str, Any]) -> None:
     if not wait:
         return
     lock = StateLock(settings.state_dir)
-    if settings.backend == "kubernetes":
-        stderr.print("the daemon in the cluster runs it; waiting")
-    elif lock.acquire():
-        try:
-            stderr.print("no daemon holds this state directory: running the steps here")
-            runner = build_runner(settings)
-            executor = Executor(store, runner, clock=SystemClock())
-            executor.recover()
-            executor.notify()
-            while True:
-                executor.step(wait=0.2)
-                current = store.get_run(run.workspace, run.run_id)
-                if current is not None and not current.active:
-                    break
-        finally:
-            lock.release()
-    else:
-        stderr.print(f"the daemon (pid {lock.holder()}) runs it; waiting")
-    final = _wait_for(store, run)
+    with WaitProgress(stderr) as progress:
+        if settings.backend == "kubernetes":
+            progress.note("the daemon in the cluster runs it; waiting")
+        elif lock.acquire():
+            try:
+                progress.note("no daemon holds this state directory: running the steps here")
+                runner = build_runner(settings)
+                executor = Executor(store, runner, clock=SystemClock())
+                executor.recover()
+                executor.notify()
+                while True:
+                    executor.step(wait=0.2)
+                    current = store.get_run(run.workspace, run.run_id)
+                    if current is not None:
+                        progress.update(current)
+                        if not current.active:
+                            break
+            finally:
+                lock.release()
+        else:
+            progress.note(f"the daemon (pid {lock.holder()}) runs it; waiting")
+        final = _wait_for(store, run, progress)
     colour = "green" if final.state == "succeeded" else "red"
     stderr.print(
         f"run {final.run_id}: [{colour}]{final.state}[/]"
         + (f" ({final.reason})" if final.reason else "")
     )
-    stderr.print(f"details: reconciler runtime get -n {name} --run {final.run_id}")
+    stderr.print(f"details: reconciler runtime get -n {name}{ws} --run {final.run_id}")
     sys.exit(0 if final.state == "succeeded" else 1)
 
 
-def _wait_for(store: RunBackend, run: Run) -> Run:
+def _wait_for(store: RunBackend, run: Run, progress: WaitProgress | None = None) -> Run:
     while True:
         current = store.get_run(run.workspace, run.run_id)
         if current is None:
-            raise click.ClickException(f"run {run.run_id} disappeared")
+            raise click.ClickException(
+                f"run {run.run_id} disappeared: its workflow was deleted (reconciler delete "
+                f"--force, or its manifest left git); what happened: reconciler events -n "
+                f"{run.name}{ws_flag(run.workspace)}"
+            )
+        if progress is not None:
+            progress.update(current)
         if not current.active:
             return current
         time.sleep(0.3)
 
 
+def elapsed_text(value: float) -> str:
+    """``12s``, ``4m05s``, ``1h02m``."""
+    whole = int(value)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def describe_progress(run: Run) -> str:
+    """``running extract, validate (1/4 steps done)``; ``pending (waiting: ...)``."""
+    if run.state == "pending":
+        return "pending" + (f" ({run.reason})" if run.reason else "")
+    if run.state != "running":
+        return run.state
+    running = [s.name for s in run.steps if s.state == "running"]
+    done = sum(1 for s in run.steps if s.state not in ("pending", "running"))
+    doing = f"running {', '.join(running)}" if running else "running"
+    cancelling = ", cancelling" if run.cancel_requested else ""
+    return f"{doing} ({done}/{len(run.steps)} steps done{cancelling})"
+
+
+class WaitProgress:
+    """What ``run --wait`` shows on stderr while it waits.
+
+    On a terminal, a spinner naming the running steps and the time elapsed; off
+    one (CI logs, pipes), a plain line whenever that changes and every
+    ``every`` seconds while it does not, so a log shows the run is still alive.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        live: bool | None = None,
+        every: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.every = every
+        self.clock = clock
+        self.started = clock()
+        self._status: Status | None = None
+        self._last: tuple[str, float] | None = None
+
+    def __enter__(self) -> WaitProgress:
+        if self.live:
+            self._status = self.console.status(Text("waiting for the run"), spinner="dots")
+            self._status.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def note(self, message: str) -> None:
+        """A message that stays (printed above the spinner on a terminal)."""
+        self.console.print(message, markup=False, highlight=False)
+
+    def update(self, run: Run) -> None:
+        now = self.clock()
+        what = describe_progress(run)
+        elapsed = elapsed_text(now - self.started)
+        if self._status is not None:
+            self._status.update(Text(f"run {run.run_id}: {what} · {elapsed}"))
+            return
+        if not run.active:
+            return  # the final state is printed once, by the caller
+        if self._last is None or self._last[0] != what or now - self._last[1] >= self.every:
+            self.console.print(
+                f"[{elapsed}] run {run.run_id}: {what}", markup=False, highlight=False
+            )
+            self._last = (what, now)
+
+
 def _cancel(name: str, workspace: str, run_id: str | None, flags: dict[str, Any]) -> None:
-    store = open_store(resolve_settings(**flags))
-    workflow = find_workflow(store, name, workspace)
+    settings = resolve_settings(**flags)
+    store = open_store(settings)
+    workflow = find_workflow(store, name, workspace, settings)
     targets = (
         [pick_run(store, workflow, run_id)]
         if run_id
@@ -676,7 +978,7 @@ def _cancel(name: str, workspace: str, run_id: str | None, flags: dict[str, Any]
         if store.request_cancel(r.workspace, r.run_id, reason=f"cancelled by {requester()}")
     ]
     if not cancelled:
-        raise click.ClickException(f"no active run of {workflow.key} to cancel")
+        raise click.ClickException(nothing_to_cancel(store, workflow, run_id))
     for run_id_ in cancelled:
         store.add_event(
             workflow.key, run_id_, "RunCancelRequested", f"cancel requested by {requester()}"
@@ -684,9 +986,31 @@ def _cancel(name: str, workspace: str, run_id: str | None, flags: dict[str, Any]
         click.echo(f"cancel requested: {run_id_}")
 
 
+def nothing_to_cancel(store: RunBackend, workflow: AppliedWorkflow, run_id: str | None) -> str:
+    ws = ws_flag(workflow.workspace)
+    active = store.runs_of(workflow.key, states=["pending", "running"])
+    others = (
+        f"; active now: {', '.join(r.run_id for r in active)} "
+        f"(reconciler cancel -n {workflow.name}{ws} cancels them all)"
+        if active
+        else ""
+    )
+    if run_id is not None:
+        run = store.get_run(workflow.workspace, run_id)
+        state = run.state if run is not None else "gone"
+        return f"run {run_id} is already {state}: nothing to cancel{others}"
+    latest = store.runs_of(workflow.key, limit=1)
+    last = f" (the latest, {latest[0].run_id}, is {latest[0].state})" if latest else ""
+    return (
+        f"no pending or running run of {workflow.key} to cancel{last}; "
+        f"to stop future runs: reconciler suspend -n {workflow.name}{ws}"
+    )
+
+
 def _suspend(name: str, workspace: str, suspended: bool, flags: dict[str, Any]) -> None:
-    store = open_store(resolve_settings(**flags))
-    workflow = find_workflow(store, name, workspace)
+    settings = resolve_settings(**flags)
+    store = open_store(settings)
+    workflow = find_workflow(store, name, workspace, settings)
     if not suspended and workflow.suspended:
         resume_from_now(store, workflow, now=datetime.now(UTC))
     store.set_suspended(workflow.key, suspended)
@@ -697,14 +1021,16 @@ def _suspend(name: str, workspace: str, suspended: bool, flags: dict[str, Any]) 
 
 
 def _delete(name: str, workspace: str, force: bool, flags: dict[str, Any]) -> None:
-    store = open_store(resolve_settings(**flags))
-    workflow = find_workflow(store, name, workspace)
+    settings = resolve_settings(**flags)
+    store = open_store(settings)
+    workflow = find_workflow(store, name, workspace, settings)
+    ws = ws_flag(workflow.workspace)
     if not force:
         raise click.ClickException(
             f"{workflow.key} is managed from git ({workflow.path} in {workflow.source}). "
             "Delete the manifest from git and the daemon deletes the workflow; to stop it "
-            f"running meanwhile: reconciler suspend -n {name}. With --force it is deleted now, "
-            "but the next sync re-creates it while the manifest is in git."
+            f"running meanwhile: reconciler suspend -n {name}{ws}. With --force it is deleted "
+            "now, but the next sync re-creates it while the manifest is in git."
         )
     for run in store.runs_of(workflow.key, states=["pending", "running"]):
         store.request_cancel(run.workspace, run.run_id, reason="workflow deleted")
@@ -723,25 +1049,33 @@ def _next_runs(
     flags: dict[str, Any],
 ) -> None:
     if (name is None) == (file is None):
-        raise click.UsageError("give either -n NAME or --file FILE")
+        raise click.UsageError(
+            "give one of -n NAME (an applied workflow) or --file FILE (a manifest), "
+            f"{'not both' if name else 'not neither'}; e.g. reconciler next-runs -n daily-report"
+        )
     if file is not None:
         result = load_manifest_file(str(file), file.read_bytes(), workspace=workspace, variables={})
         for error in result.errors:
             click.echo(error.render(), err=True)
         if not result.workflows:
-            raise click.ClickException(f"{file} holds no valid workflow")
-        spec = DesiredWorkflow.from_manifest(
-            result.workflows[0].manifest, workspace=workspace, path=str(file)
-        ).spec
-        label = result.workflows[0].manifest.name
+            raise click.ClickException(
+                f"{file} holds no valid workflow; fix the errors above (reconciler validate {file})"
+            )
+        manifest = result.workflows[0].manifest
+        spec = DesiredWorkflow.from_manifest(manifest, workspace=workspace, path=str(file)).spec
+        label, plain_name = f"{workspace}/{manifest.name}", manifest.name
     else:
-        store = open_store(resolve_settings(**flags))
+        settings = resolve_settings(**flags)
+        store = open_store(settings)
         assert name is not None
-        workflow = find_workflow(store, name, workspace)
-        spec, label = workflow.spec, workflow.key
+        workflow = find_workflow(store, name, workspace, settings)
+        spec, label, plain_name = workflow.spec, str(workflow.key), workflow.name
     schedule = spec["spec"].get("schedule")
     if not schedule:
-        raise click.ClickException(f"{label} has no schedule; it runs on demand only")
+        raise click.ClickException(
+            f"{label} has no spec.schedule: it runs on demand only "
+            f"(reconciler run -n {plain_name}{ws_flag(workspace)})"
+        )
     try:
         after = datetime.fromisoformat(start) if start else datetime.now(UTC)
     except ValueError as exc:
@@ -757,16 +1091,17 @@ def _next_runs(
         t.astimezone(zone)
         for t in next_fire_times(schedule["crons"], schedule["timezone"], after=after, count=count)
     ]
-    if output == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "workflow": str(label),
-                    "timezone": schedule["timezone"],
-                    "next_runs": [t.isoformat() for t in times],
-                },
-                indent=2,
-            )
+    if output != "table":
+        emit(
+            {
+                "workflow": label,
+                "timezone": schedule["timezone"],
+                "crons": list(schedule["crons"]),
+                "from": iso(after),
+                "next_runs": [t.isoformat() for t in times],
+                "next_runs_utc": [iso(t) for t in times],
+            },
+            output,
         )
         return
     stderr.print(f"{label}: {', '.join(schedule['crons'])} in {schedule['timezone']}")
@@ -777,14 +1112,19 @@ def _next_runs(
 def _events(
     name: str | None, workspace: str, limit: int, output: str, flags: dict[str, Any]
 ) -> None:
-    store = open_store(resolve_settings(**flags))
-    key = None if name is None else find_workflow(store, name, workspace).key
+    settings = resolve_settings(**flags)
+    store = open_store(settings)
+    key = None
+    if name is not None:
+        key = WorkflowKey(f"{workspace}/{name}")
+        if store.get_workflow(key) is None:  # a deleted workflow keeps its history
+            raise click.ClickException(unknown_workflow(store, name, workspace, settings))
     events = store.events(key=key, limit=limit)
     if output != "table":
         emit(
             [
                 {
-                    "at": e.at.isoformat(),
+                    "at": iso(e.at),
                     "workflow": e.key,
                     "run": e.run_id,
                     "kind": e.kind,
@@ -812,7 +1152,10 @@ def local_secrets(settings: Settings) -> SecretStore:
             "Create it with: kubectl create secret generic ID --from-literal=KEY=VALUE "
             "-n WORKSPACE"
         )
-    return SecretStore(settings.state_dir)
+    try:
+        return SecretStore(settings.state_dir)
+    except ReconcilerError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _secret_set(secret_id: str, pairs: tuple[str, ...], flags: dict[str, Any]) -> None:
@@ -826,7 +1169,14 @@ def _secret_set(secret_id: str, pairs: tuple[str, ...], flags: dict[str, Any]) -
         if value == "-":
             value = sys.stdin.read().rstrip("\n")
         elif value.startswith("@"):
-            value = Path(value[1:]).read_text().rstrip("\n")
+            try:
+                value = Path(value[1:]).read_text().rstrip("\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise click.BadParameter(
+                    f"{key}=@{value[1:]}: cannot read {value[1:]!r} ({exc.__class__.__name__}: "
+                    f"{getattr(exc, 'strerror', None) or exc}); give a readable text file",
+                    param_hint="PAIRS",
+                ) from exc
         values[key] = value
     store = local_secrets(resolve_settings(**flags))
     try:
@@ -834,3 +1184,48 @@ def _secret_set(secret_id: str, pairs: tuple[str, ...], flags: dict[str, Any]) -
     except (ReconcilerError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"secret {secret_id}: set {', '.join(sorted(values))}")
+
+
+def _secret_list(output: str, flags: dict[str, Any]) -> None:
+    """Ids and key names only: no value is ever read into the output."""
+    store = local_secrets(resolve_settings(**flags))
+    try:
+        secrets = store.list()
+    except ReconcilerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output != "table":
+        emit(
+            {
+                "secrets": [
+                    {"id": secret_id, "keys": list(keys)} for secret_id, keys in secrets.items()
+                ]
+            },
+            output,
+        )
+        return
+    for secret_id, keys in secrets.items():
+        click.echo(f"{secret_id}: {', '.join(keys)}")
+    if not secrets:
+        stderr.print(
+            f"no secrets in {store.directory}; add one with: reconciler secret set ID KEY=VALUE"
+        )
+
+
+def _secret_delete(secret_id: str, keys: tuple[str, ...], flags: dict[str, Any]) -> None:
+    store = local_secrets(resolve_settings(**flags))
+    try:
+        store.unset(secret_id, keys) if keys else store.delete(secret_id)
+    except SecretNotFound as exc:
+        try:
+            existing = sorted(store.list())
+        except ReconcilerError:
+            existing = []
+        known = f"existing secrets: {listing(existing)}" if existing else "the store is empty"
+        raise click.ClickException(
+            f"secret {secret_id!r} not found in {store.directory}; {known} (reconciler secret list)"
+        ) from exc
+    except (ReconcilerError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"secret {secret_id}: deleted {', '.join(keys)}" if keys else f"secret {secret_id} deleted"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,8 +34,10 @@ from reconciler.core.runs import (
 )
 from reconciler.core.workflows import WorkflowState
 from reconciler.ports import (
+    NULL_RECORDER,
     Clock,
     ReconcilerError,
+    Recorder,
     RunBackend,
     StepLaunch,
     StepResult,
@@ -60,11 +63,15 @@ class Executor:
         *,
         clock: Clock,
         options: ExecutorOptions = ExecutorOptions(),
+        recorder: Recorder = NULL_RECORDER,
+        on_run_finished: Callable[[Run], None] | None = None,
     ) -> None:
         self.backend = backend
         self.runner = runner
         self.clock = clock
         self.options = options
+        self.recorder = recorder
+        self.on_run_finished = on_run_finished  # notifications; must not block
         self.runs: dict[_Key, Run] = {}
         self.running_steps = 0
         self._wake = threading.Event()
@@ -89,6 +96,7 @@ class Executor:
             run = fail_run(run, now=self.clock.now(), reason=RESTART_REASON)
             self.backend.save_run(run, event=("RunFailed", RESTART_REASON))
             self._update_workflow_state(run)
+            self._ended(run)
             failed.append(run)
         self._reload = True
         return failed
@@ -236,6 +244,9 @@ class Executor:
         now = self.clock.now()
         if unmet is None:
             run = start_run(run, now=now)
+            if run.slot is not None:
+                self.recorder.observe("schedule_lag_seconds", (now - run.slot).total_seconds())
+            log.info("run started", extra={"workflow": run.key, "run": run.run_id})
             self._store(run, event=("RunStarted", f"run {run.run_id} started ({run.trigger})"))
             self._update_workflow_state(run)
             return run
@@ -244,6 +255,7 @@ class Executor:
             run = fail_run(run, now=now, reason=f"prerequisite not met in time: {reason}")
             self._store(run, event=("RunFailed", run.reason))
             self._update_workflow_state(run)
+            self._ended(run)
         elif run.reason != f"waiting: {reason}":
             run = wait_run(run, reason=f"waiting: {reason}")
             self._store(run, event=("RunWaiting", run.reason))
@@ -326,8 +338,15 @@ class Executor:
         )
         step = run.step(result.step)
         event = None
+        context = {"workflow": run.key, "run": run.run_id, "step": result.step}
         if step.state == "failed":
             event = ("StepFailed", f"{result.step}: {step.reason}")
+            log.warning("step failed: %s", step.reason, extra=context)
+        else:
+            log.info("step %s", step.state, extra=context)
+        self.recorder.count("steps_total", result=step.state)
+        if step.duration_seconds is not None:
+            self.recorder.observe("step_duration_seconds", step.duration_seconds, result=step.state)
         self._store(run, steps=changed_steps(before, run), event=event)
         self.runs[key] = self._after_step(run)
         if not self.runs[key].active:
@@ -338,7 +357,27 @@ class Executor:
             kind = {"succeeded": "RunSucceeded", "failed": "RunFailed"}.get(run.state, "RunEnded")
             self.backend.add_event(run.key, run.run_id, kind, f"run {run.run_id} {run.state}")
             self._update_workflow_state(run)
+            self._ended(run)
         return run
+
+    def _ended(self, run: Run) -> None:
+        """Measure a run that ended and hand it to the notifier."""
+        log.info(
+            "run %s%s",
+            run.state,
+            f": {run.reason}" if run.reason else "",
+            extra={"workflow": run.key, "run": run.run_id},
+        )
+        self.recorder.count("runs_total", result=run.state)
+        if run.finished_at is not None:
+            began = run.started_at or run.created_at
+            seconds = (run.finished_at - began).total_seconds()
+            self.recorder.observe("run_duration_seconds", seconds, result=run.state)
+        if self.on_run_finished is not None:
+            try:
+                self.on_run_finished(run)
+            except Exception:  # a notifier bug must not stop runs; it is logged with its trace
+                log.exception("handing run %s to the notifier failed", run.run_id)
 
     def _store(
         self,

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reconciler.app.notifying import NotifyTargetSettings
+
 ENV_PREFIX = "RECONCILER_"
 
 
@@ -66,7 +68,26 @@ class Settings(BaseModel):
         description="compute name -> nodeSelector and tolerations (Kubernetes)",
     )
     http_address: str | None = Field(
-        default=None, description="host:port for /healthz and /readyz (off when unset)"
+        default=None,
+        description="host:port of /healthz, /readyz, /metrics and /hooks/*; 'off' for none; "
+        "default 127.0.0.1:8080, or 0.0.0.0:8080 in a pod",
+    )
+    poke_debounce: float = Field(
+        default=0.5, ge=0, le=60, description="seconds a webhook or saved file waits for more"
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: text on a terminal, JSON otherwise"
+    )
+    webhook_github_secret: str | None = Field(default=None, repr=False)
+    webhook_github_secret_file: Path | None = None
+    webhook_gitlab_secret: str | None = Field(default=None, repr=False)
+    webhook_gitlab_secret_file: Path | None = None
+    webhook_token: str | None = Field(default=None, repr=False)
+    webhook_token_file: Path | None = None
+    webhook_max_body: int = Field(default=1 << 20, ge=1024, description="bytes")
+    notify_targets: dict[str, NotifyTargetSettings] = Field(
+        default_factory=dict,
+        description="name -> {url | url_file, format: slack|generic}; rules in .reconciler.yaml",
     )
     owner: str = Field(
         default="default",
@@ -104,6 +125,26 @@ class Settings(BaseModel):
     status_keep_succeeded: int = Field(default=20, ge=1)
     status_keep_failed: int = Field(default=50, ge=1)
     status_squash_depth: int | None = Field(default=None, ge=2)
+
+    def secret(self, name: str) -> str | None:
+        """A webhook secret from its setting or its file (a mounted Secret); empty is unset."""
+        value: str | None = getattr(self, name)
+        path: Path | None = getattr(self, f"{name}_file")
+        if not value and path is not None:
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"setting {name}_file: cannot read {path}: {exc}") from exc
+        return value or None
+
+    def serving_address(self, environ: Mapping[str, str]) -> str | None:
+        """Where the HTTP server listens; None when switched off."""
+        if self.http_address in ("off", ""):
+            return None
+        if self.http_address is not None:
+            return self.http_address
+        in_pod = bool(environ.get("KUBERNETES_SERVICE_HOST"))
+        return "0.0.0.0:8080" if in_pod else "127.0.0.1:8080"
 
     def token(self) -> str | None:
         if self.git_token:

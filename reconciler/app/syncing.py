@@ -39,6 +39,8 @@ from reconciler.core.workflows import DesiredWorkflow, WorkflowApply
 from reconciler.ports import Backend, Clock, ReconcilerError, Snapshot, Source, TransientError
 
 log = logging.getLogger(__name__)
+EVENTS_PER_PASS = 100  # beyond this many changes a pass records one summary event
+_EVENT_KINDS = {"create": "Applied", "update": "Updated", "move": "Moved", "delete": "Deleted"}
 
 _CacheKey = tuple[str, str, str, tuple[tuple[str, str], ...], int]
 
@@ -54,6 +56,7 @@ class SyncOutcome:
     errors: list[Problem] = field(default_factory=list)
     failures: dict[WorkflowKey, str] = field(default_factory=dict)
     message: str = ""
+    config: RepoConfig | None = None  # the repository's .reconciler.yaml, when it was read
 
     @property
     def ok(self) -> bool:
@@ -160,12 +163,21 @@ class SourceLoader:
             self.workers = 1
             return parse_files(batch)
 
+    def load_config(self, revision: Revision) -> RepoConfig:
+        """Only the repository's config at revision (for a daemon that starts up to date)."""
+        config, _ = self._config(self.source.snapshot(revision))
+        return config
+
+    def _config(self, snapshot: Snapshot) -> tuple[RepoConfig, list[Problem]]:
+        config_blob = snapshot.files.get(CONFIG_FILE)
+        config_bytes = self.source.read_blobs([config_blob])[config_blob] if config_blob else None
+        config, errors = load_repo_config(config_bytes)
+        return config, list(errors)
+
     def load(self, revision: Revision) -> LoadedSource:
         """Read the snapshot and validate every manifest, parsing only changed blobs."""
         snapshot = self.source.snapshot(revision)
-        config_blob = snapshot.files.get(CONFIG_FILE)
-        config_bytes = self.source.read_blobs([config_blob])[config_blob] if config_blob else None
-        config, config_errors = load_repo_config(config_bytes)
+        config, config_errors = self._config(snapshot)
         variables = merge_variables(config.variables, self.environ)
         variables_key = tuple(sorted(variables.items()))
         wanted: dict[str, _CacheKey] = {}
@@ -365,10 +377,31 @@ class Syncer:
         self.backend.report_problems(
             self._problems(loaded, plan, failures), owner=self.options.owner
         )
+        self._events(plan, failures, revision)
         self.backend.record_sync(record)
         if not transient:
             self._done_revision = revision
-        return SyncOutcome(revision, result, plan, record, list(loaded.errors), failures, message)
+        return SyncOutcome(
+            revision, result, plan, record, list(loaded.errors), failures, message, loaded.config
+        )
+
+    def _events(self, plan: Plan, failures: dict[WorkflowKey, str], revision: Revision) -> None:
+        """An event per workflow changed (one summary for a big pass), and per guard tripped."""
+        done = [a for a in plan.actions if a.key not in failures]
+        if len(done) > EVENTS_PER_PASS:
+            counts = ", ".join(f"{v} {k}" for k, v in plan.summary().items() if v)
+            self.backend.add_event("sync", None, "Synced", f"revision {revision[:12]}: {counts}")
+        else:
+            for action in done:
+                path = action.desired.path if action.desired else action.current_path
+                self.backend.add_event(
+                    action.key,
+                    None,
+                    _EVENT_KINDS[action.kind],
+                    f"{action.kind} at revision {revision[:12]} ({path})",
+                )
+        for hold in plan.holds:
+            self.backend.add_event("sync", None, "DeletionsHeld", hold.message)
 
     @staticmethod
     def _problems(

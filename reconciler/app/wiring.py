@@ -17,7 +17,7 @@ from reconciler.adapters.local.store import LocalStore
 from reconciler.adapters.statusbranch import StatusWriter
 from reconciler.app.settings import Settings, SettingsError
 from reconciler.core.planning import DeletionPolicy
-from reconciler.ports import RunBackend, Source, StepRunner
+from reconciler.ports import NULL_RECORDER, Recorder, RunBackend, Source, StepRunner
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when that backend is chosen
     from reconciler.adapters.kubernetes.client import KubeClient
@@ -50,7 +50,7 @@ def status_enabled(settings: Settings) -> bool:
     return settings.repo is not None and not settings.watch and is_git_location(settings.repo)
 
 
-def build_status_writer(settings: Settings) -> StatusWriter:
+def build_status_writer(settings: Settings, *, recorder: Recorder = NULL_RECORDER) -> StatusWriter:
     url = settings.status_repo or settings.repo
     if url is None:
         raise SettingsError("the status branch needs a repository: set status_repo or repo")
@@ -65,10 +65,11 @@ def build_status_writer(settings: Settings) -> StatusWriter:
         signing_key=settings.status_signing_key,
         timeout_seconds=settings.git_timeout,
         squash_depth=settings.status_squash_depth,
+        recorder=recorder,
     )
 
 
-def build_source(settings: Settings) -> Source:
+def build_source(settings: Settings, *, recorder: Recorder = NULL_RECORDER) -> Source:
     """A git source for URLs and repositories; a directory source for plain folders or --watch."""
     if settings.repo is None:
         raise SettingsError("no repository: pass --repo URL|PATH or set RECONCILER_REPO")
@@ -88,6 +89,7 @@ def build_source(settings: Settings) -> Source:
         cache_dir=settings.state_dir / "git",
         credentials=credentials,
         timeout_seconds=settings.git_timeout,
+        recorder=recorder,
     )
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from reconciler.core.manifests import Workflow
 from reconciler.core.names import WorkflowKey, workflow_key
-from reconciler.core.problems import Finding, Problem, render_loc
+from reconciler.core.problems import Finding, Loc, Problem, render_loc
 from reconciler.core.repoconfigs import CONFIG_FILE, RepoConfig
 from reconciler.core.suggestions import findings_from_validation_error
 from reconciler.core.validating import check_workflow
@@ -123,8 +123,33 @@ def validate_document(
 
 
 def _place(path: str, document: YamlDocument, finding: Finding) -> Problem:
-    line, column = document.position_of(finding.loc, prefer_key=finding.at_key)
+    written = _as_written(document.data, finding.loc)
+    line, column = document.position_of(written, prefer_key=finding.at_key)
     return Problem(path, line, column, render_loc(finding.loc), finding.message)
+
+
+_YAML11_BOOL_KEYS = {"on": True, "yes": True, "off": False, "no": False}
+
+
+def _as_written(data: object, loc: Loc) -> Loc:
+    """``loc`` with the keys YAML 1.1 read as booleans (a bare ``on:`` is ``True``) as such.
+
+    A model may accept ``on`` for such a key; its position is under ``True``.
+    """
+    parts: list[str | int] = []
+    for part in loc:
+        if isinstance(data, dict) and isinstance(part, str) and part not in data:
+            flag = _YAML11_BOOL_KEYS.get(part)
+            if flag is not None and any(key is flag for key in data):
+                part = flag  # a bool: the key the position map holds
+        parts.append(part)
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            data = None
+    return tuple(parts)
 
 
 def combine_files(loads: Iterable[FileLoad]) -> ManifestSet:

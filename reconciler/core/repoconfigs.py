@@ -1,8 +1,10 @@
 """The manifests repository's own configuration, ``.reconciler.yaml`` at its root.
 
-It defines the ``${NAME}`` variables, maps directories to workspaces, and
-lists YAML files that are not manifests. It holds nothing that grants rights:
-a repository must not be able to widen what the daemon lets it do.
+It defines the ``${NAME}`` variables, maps directories to workspaces, lists
+YAML files that are not manifests, and says who is notified of which runs
+(``notifications``; the targets' URLs are the daemon's, never the
+repository's). It holds nothing that grants rights: a repository must not be
+able to widen what the daemon lets it do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from reconciler.core.manifests import EnvName, WireModel, WorkspaceName
+from reconciler.core.notifications import NotificationRule
 
 CONFIG_FILE = ".reconciler.yaml"
 DEFAULT_WORKSPACE = "public"
@@ -50,6 +53,7 @@ class RepoConfig(WireModel):
     workspaces: WorkspaceMapping = WorkspaceMapping()
     exclude: tuple[str, ...] = ()
     limits: Limits = Limits()
+    notifications: tuple[NotificationRule, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

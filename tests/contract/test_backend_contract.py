@@ -563,3 +563,14 @@ def test_reporting_no_problems_writes_nothing(backend: RunBackend) -> None:
     backend.report_problems({}, owner=OWNER)
     assert backend.events(key=key("a")) == []
     assert backend.workflows_stamp() == stamp
+
+
+def test_workflow_states_count_live_workflows_of_every_owner(backend: RunBackend) -> None:
+    assert backend.workflow_states() == {}
+    backend.apply_workflow(request("a"))
+    backend.apply_workflow(request("b"))
+    backend.apply_workflow(request("c", owner=OTHER_OWNER))
+    backend.set_state(key("b"), "running")
+    assert backend.workflow_states() == {"active": 2, "running": 1}
+    backend.delete_workflow(key("a"), owner=OWNER)
+    assert backend.workflow_states() == {"active": 1, "running": 1}

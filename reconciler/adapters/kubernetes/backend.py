@@ -166,6 +166,14 @@ class KubernetesBackend:
         """Every Workflow this tool manages, by key (deleted ones no longer exist)."""
         return sorted(map(applied_from_object, self._managed()), key=lambda w: w.key)
 
+    def workflow_states(self) -> dict[str, int]:
+        """From the watch's cache while watching (no request), else one list."""
+        counts: dict[str, int] = {}
+        for obj in self._managed():
+            state = str((obj.get("status") or {}).get("state") or "creating")
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     def get_workflow(self, key: WorkflowKey) -> AppliedWorkflow | None:
         obj = self._get_workflow(key)
         return None if obj is None else applied_from_object(obj)
@@ -616,9 +624,11 @@ class KubernetesBackend:
         """Events of one workflow and its runs (or of all), newest first."""
         selector = MANAGED_SELECTOR
         namespace = None
-        if key is not None:
+        if key is not None and "/" in key:
             namespace, _, name = key.partition("/")
             selector += f",{WORKFLOW}={name}"
+        elif key is not None:  # the reconciler's own ("sync"): on its ConfigMap
+            namespace, selector = self.namespace, f"{MANAGED_SELECTOR},!{WORKFLOW}"
         items, _ = self.client.list(EVENTS, namespace=namespace, label_selector=selector)
         events = []
         for item in items:
@@ -627,7 +637,11 @@ class KubernetesBackend:
             events.append(
                 Event(
                     at=_time(str(item.get("eventTime") or item.get("lastTimestamp"))),
-                    key=f"{item['metadata']['namespace']}/{labels.get(WORKFLOW, '')}",
+                    key=(
+                        f"{item['metadata']['namespace']}/{labels[WORKFLOW]}"
+                        if WORKFLOW in labels
+                        else "sync"
+                    ),
                     run_id=involved.get("name") if involved.get("kind") == "WorkflowRun" else None,
                     kind=str(item.get("reason") or ""),
                     message=str(item.get("message") or ""),
@@ -865,6 +879,7 @@ class KubernetesBackend:
 
     def _add_daemon_event(self, kind: str, message: str) -> None:
         """An event about the reconciler itself: on its state ConfigMap."""
+        self._ensure_namespace(self.namespace)
         now = self.clock.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.client.create(
             EVENTS,

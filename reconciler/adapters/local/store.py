@@ -327,6 +327,13 @@ class LocalStore(RunsMixin):
             ).fetchall()
             return [self._workflow_from_row(row) for row in rows]
 
+    def workflow_states(self) -> dict[str, int]:
+        with self._lock, self._sqlite_errors("count workflows"):
+            rows = self._conn.execute(
+                "SELECT state, count(*) FROM workflows WHERE state != 'deleted' GROUP BY state"
+            ).fetchall()
+            return {str(row[0]): int(row[1]) for row in rows}
+
     def get_workflow(self, key: WorkflowKey) -> AppliedWorkflow | None:
         """The workflow under key, a tombstone (state ``deleted``) included; None if never."""
         with self._lock, self._sqlite_errors(f"read workflow {key}"):
