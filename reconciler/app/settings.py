@@ -133,6 +133,8 @@ class Settings(BaseModel):
         if not value and path is not None:
             try:
                 value = path.read_text().strip()
+            except FileNotFoundError:
+                return None  # an optional Secret not created: that endpoint stays off
             except OSError as exc:
                 raise SettingsError(f"setting {name}_file: cannot read {path}: {exc}") from exc
         return value or None

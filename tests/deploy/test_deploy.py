@@ -689,8 +689,20 @@ def test_deployment_volumes(base: list[dict[str, Any]]) -> None:
     assert volumes[cfg["name"]]["configMap"]["name"] == "workflow-reconciler-config"
     for path in ("/var/lib/reconciler", "/tmp"):
         assert "emptyDir" in volumes[mounts[path]["name"]], path
+    for path, secret in (
+        ("/etc/reconciler/webhooks", "workflow-reconciler-webhooks"),
+        ("/etc/reconciler/notify", "workflow-reconciler-notify"),
+    ):
+        assert mounts[path]["readOnly"] is True
+        assert volumes[mounts[path]["name"]]["secret"] == {
+            "secretName": secret,
+            "optional": True,
+            "defaultMode": 288,
+        }
     assert set(mounts) == {
         "/etc/reconciler/git",
+        "/etc/reconciler/webhooks",
+        "/etc/reconciler/notify",
         "/etc/reconciler/config.yaml",
         "/var/lib/reconciler",
         "/tmp",
