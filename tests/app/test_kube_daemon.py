@@ -174,6 +174,9 @@ def test_the_daemon_follows_git_and_runs_steps_as_jobs(
         err = stop(process)
     assert process.returncode == 0, err
     assert "daemon stopped" in err
+    reasons = {e["reason"] for e in cluster.objects("events")}
+    assert {"Applied", "Updated", "Deleted", "RunTriggered", "RunStarted"} <= reasons
+    assert "RunSucceeded" in reasons
     # every object the daemon and the CLI sent, as the server holds them, validates
     for plural in ("workflows", "workflowruns", "jobs", "events", "configmaps", "namespaces"):
         for obj in cluster.objects(plural):

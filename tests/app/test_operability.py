@@ -604,3 +604,66 @@ def test_a_failed_run_sends_a_slack_message(tmp_path: Path) -> None:
     assert "failed" in message["text"].lower()
     assert message["blocks"]
     assert receiver.url not in err  # the webhook URL is a secret
+
+
+def test_a_scheduled_run_measures_its_lag_behind_the_slot(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from reconciler.adapters.clocks import SystemClock
+    from reconciler.adapters.local.runner import LocalStepRunner
+    from reconciler.adapters.local.secrets import SecretStore
+    from reconciler.adapters.local.store import LocalStore
+    from reconciler.app.running import Executor
+    from reconciler.core.loading import load_manifest_file
+    from reconciler.core.names import Revision, RunId
+    from reconciler.core.runs import new_run
+    from reconciler.core.workflows import DesiredWorkflow, WorkflowApply
+
+    clock = SystemClock()
+    store = LocalStore(tmp_path / "state", clock=clock)
+    (loaded,) = load_manifest_file(
+        "f.yaml", FAILING.encode(), workspace="public", variables={}
+    ).workflows
+    desired = DesiredWorkflow.from_manifest(loaded.manifest, workspace="public", path="f.yaml")
+    store.apply_workflow(WorkflowApply(desired, source="t", revision=Revision("r"), owner="t"))
+    slot = clock.now() - timedelta(seconds=5)
+    run = new_run(
+        workspace="public",
+        run_id=RunId("nightly-export-m1"),
+        name=desired.name,
+        trigger="schedule",
+        requested_by="scheduler",
+        revision=Revision("r"),
+        spec=desired.spec,
+        spec_hash=desired.spec_hash,
+        now=slot,
+        slot=slot,
+    )
+    store.create_runs([run])
+    recorder = PrometheusRecorder()
+    finished: list[str] = []
+    runner = LocalStepRunner(
+        tmp_path / "state", secrets=SecretStore(tmp_path / "state"), clock=clock
+    )
+    executor = Executor(
+        store,
+        runner,
+        clock=clock,
+        recorder=recorder,
+        on_run_finished=lambda r: finished.append(r.state),
+    )
+    executor.notify()
+    deadline = time.monotonic() + 30
+    while (executor.runs or not finished) and time.monotonic() < deadline:
+        executor.step(wait=0.2)
+    store.close()
+    assert finished == ["failed"]
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(recorder.exposition().decode())
+        for s in f.samples
+    }
+    assert values[("reconciler_schedule_lag_seconds_count", ())] == 1
+    assert 5 <= values[("reconciler_schedule_lag_seconds_sum", ())] < 60
+    assert values[("reconciler_runs_total", (("result", "failed"),))] == 1
+    assert values[("reconciler_steps_total", (("result", "failed"),))] == 1
