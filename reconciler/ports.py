@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from reconciler.core.names import Revision, RunId, WorkflowKey
 from reconciler.core.problems import Problem
 from reconciler.core.projections import StepEnvironment
 from reconciler.core.runs import Run, RunState
+from reconciler.core.signing import CommitCheck
 from reconciler.core.slots import Ledger
 from reconciler.core.syncs import SyncRecord
 from reconciler.core.workflows import (
@@ -133,6 +135,11 @@ class Source(Protocol):
     def commits_between(self, old: Revision | None, new: Revision) -> list[CommitInfo]:
         """Commits reachable from new but not old (newest first); [new] when old is None
         or unrelated (a force-push)."""
+        ...
+
+    def check_commit(self, revision: Revision, allowed_signers: Path) -> CommitCheck:
+        """Whether git finds a good signature by a key of the allowed-signers file on the
+        commit, and which paths (below the manifests path) it changed."""
         ...
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from reconciler.core.names import Revision
 from reconciler.core.problems import Problem
+from reconciler.core.signing import CommitCheck
 from reconciler.ports import CommitInfo, Snapshot, TerminalError, TransientError
 
 REVISION_PREFIX = "dir:"
@@ -79,6 +80,12 @@ class DirectorySource:
     def commits_between(self, old: Revision | None, new: Revision) -> list[CommitInfo]:
         """A directory has no commits."""
         return []
+
+    def check_commit(self, revision: Revision, allowed_signers: Path) -> CommitCheck:
+        raise TerminalError(
+            f"{self._directory} is a plain directory: verifying signed commits needs a git "
+            "source (--repo URL or repository); switch verify_commits off for a directory"
+        )
 
     def close(self) -> None:
         """Drop the contents kept from the last walk."""

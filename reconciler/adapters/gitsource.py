@@ -35,6 +35,7 @@ from git.exc import GitError
 
 from reconciler.core.names import Revision
 from reconciler.core.problems import Problem
+from reconciler.core.signing import CommitCheck
 from reconciler.ports import (
     NULL_RECORDER,
     CommitInfo,
@@ -87,6 +88,7 @@ _MODE_LINK = 0o120000
 _MODE_GITLINK = 0o160000
 _MAX_LINK_HOPS = 40  # as Linux's MAXSYMLINKS
 OBJECT_ID = re.compile(r"^[0-9a-f]{40}$")
+_GOOD_SIGNATURE = re.compile(r'Good "git" signature for (\S+) with')
 _BAD_BRANCH = re.compile(r"(^[-/.])|\.\.|//|@\{|[\x00-\x20~^:?*\[\\\x7f]|(\.lock|/|\.)$")
 DETAIL_LIMIT = 300
 
@@ -374,6 +376,52 @@ class GitSource:
             _, out = self._run_local("rev-list", f"{old}..{new}")
             ids = out.decode("ascii", "replace").split()
             return [_parse_commit(Revision(i), self._read_commit(i)).info for i in ids]
+
+    def check_commit(self, revision: Revision, allowed_signers: Path) -> CommitCheck:
+        """``git verify-commit`` against the allowed-signers file, and the changed paths."""
+        with self._lock:
+            self._ensure_commit(revision)
+            repo = self._open_mirror()
+            status, _, err = self._execute(
+                repo.git,
+                [
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    f"gpg.ssh.allowedSignersFile={allowed_signers}",
+                    "verify-commit",
+                    "--raw",
+                    revision,
+                ],
+                env=None,
+            )
+            _, out = self._run_local(
+                "diff-tree",
+                "-r",
+                "--name-only",
+                "--no-commit-id",
+                "--root",
+                "-m",
+                "--first-parent",
+                revision,
+            )
+        good = _GOOD_SIGNATURE.search(err)
+        detail = " ".join(err.split()) or "no signature"
+        prefix = f"{self._path}/" if self._path else ""
+        paths = sorted(
+            {
+                line[len(prefix) :]
+                for line in out.decode("utf-8", "replace").splitlines()
+                if line and line.startswith(prefix)
+            }
+        )
+        return CommitCheck(
+            revision=revision,
+            signed=status == 0 and good is not None,
+            principal=good.group(1) if status == 0 and good is not None else None,
+            detail=detail,
+            paths=tuple(paths),
+        )
 
     def close(self) -> None:
         """End the persistent ``git cat-file`` processes (they restart when needed)."""

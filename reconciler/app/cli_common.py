@@ -16,7 +16,7 @@ from rich.console import Console
 from reconciler.adapters.clocks import SystemClock
 from reconciler.app.settings import Settings, SettingsError, load_settings
 from reconciler.app.syncing import Syncer, SyncOptions, SyncOutcome
-from reconciler.app.wiring import build_source, build_store, deletion_policy
+from reconciler.app.wiring import build_source, build_store, deletion_policy, verification
 from reconciler.ports import NULL_RECORDER, Backend, ReconcilerError, Recorder
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # messages never wrapped
@@ -105,14 +105,18 @@ def make_syncer(
     try:
         source = build_source(settings, recorder=recorder)
         store = store if store is not None else build_store(settings)
-    except (SettingsError, ReconcilerError) as exc:
+        checks = verification(settings)
+    except (SettingsError, ReconcilerError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     return Syncer(
         source,
         store,
         clock=SystemClock(),
         options=SyncOptions(
-            owner=settings.owner, policy=deletion_policy(settings), environ=dict(os.environ)
+            owner=settings.owner,
+            policy=deletion_policy(settings),
+            environ=dict(os.environ),
+            verification=checks,
         ),
         sleep=time.sleep,
     )

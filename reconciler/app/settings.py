@@ -32,6 +32,17 @@ class ComputeSettings(BaseModel):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class SignerSettings(BaseModel):
+    """A person who may sign commits to the manifests repository, and their roles."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    email: str = Field(min_length=3, description="the principal of the key in git's terms")
+    key: str = Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+) \S+")
+    roles: list[Literal["tenant-admin", "data-developer"]] = Field(default_factory=list)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -85,6 +96,10 @@ class Settings(BaseModel):
     webhook_token: str | None = Field(default=None, repr=False)
     webhook_token_file: Path | None = None
     webhook_max_body: int = Field(default=1 << 20, ge=1024, description="bytes")
+    verify_commits: bool = Field(
+        default=False, description="apply only commits signed by `signers` with a creating role"
+    )
+    signers: list[SignerSettings] = Field(default_factory=list)
     notify_targets: dict[str, NotifyTargetSettings] = Field(
         default_factory=dict,
         description="name -> {url | url_file, format: slack|generic}; rules in .reconciler.yaml",

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from reconciler.core.backoffs import Backoff
@@ -33,6 +34,7 @@ from reconciler.core.names import Revision, WorkflowKey
 from reconciler.core.planning import Action, DeletionPolicy, Plan, allows_prune, make_plan
 from reconciler.core.problems import Problem
 from reconciler.core.repoconfigs import CONFIG_FILE, RepoConfig
+from reconciler.core.signing import OwnershipRule, Signer, refusals
 from reconciler.core.syncs import SyncRecord, SyncResult
 from reconciler.core.variables import merge_variables
 from reconciler.core.workflows import DesiredWorkflow, WorkflowApply
@@ -69,6 +71,19 @@ class SyncOptions:
     policy: DeletionPolicy = field(default_factory=DeletionPolicy)
     backoff: Backoff = field(default_factory=Backoff)
     environ: Mapping[str, str] = field(default_factory=dict)
+    verification: Verification | None = None  # apply only signed, authorized commits
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The daemon's signers (never the repository's) and git's allowed-signers file of them."""
+
+    signers: tuple[Signer, ...]
+    allowed_signers_file: Path
+
+    @property
+    def by_principal(self) -> dict[str, Signer]:
+        return {signer.principal: signer for signer in self.signers}
 
 
 @dataclass
@@ -236,6 +251,9 @@ class Syncer:
         self.rng = rng or random.Random()
         self.loader = SourceLoader(source, environ=options.environ)
         self._done_revision: Revision | None = None
+        self._applied_config: RepoConfig | None = None
+        self._refused_revision: Revision | None = None
+        self._refused: SyncOutcome | None = None
         last = backend.last_sync()
         if last is not None and last.result == "succeeded" and last.revision:
             self._done_revision = last.revision
@@ -260,6 +278,11 @@ class Syncer:
             return self._failed(started, None, f"source unavailable: {exc}")
         if revision == self._done_revision and not force:
             return SyncOutcome(revision, "unchanged")
+        verified: list[dict[str, str]] = []
+        if self.options.verification is not None:
+            refused = self._verify(started, revision, self.options.verification, verified)
+            if refused is not None:
+                return refused
         try:
             loaded = self.loader.load(revision)
             previous = self._done_revision
@@ -282,7 +305,72 @@ class Syncer:
             ),
         )
         failures, transient = self.apply(plan, revision)
-        return self._finish(started, revision, loaded, plan, failures, transient=transient)
+        outcome = self._finish(
+            started, revision, loaded, plan, failures, transient=transient, verified=verified
+        )
+        if outcome.result == "succeeded":
+            self._applied_config = loaded.config
+        return outcome
+
+    def _verify(
+        self,
+        started: datetime,
+        revision: Revision,
+        verification: Verification,
+        verified: list[dict[str, str]],
+    ) -> SyncOutcome | None:
+        """Check every commit since the last applied revision (only the tip on a first sync
+        or after a force-push): signed by an allowed signer with a creating role, touching
+        only paths the owners rules of the last applied config let them change. A refused
+        revision changes nothing; the record and an event name the commit and the signer."""
+        if revision == self._refused_revision and self._refused is not None:
+            return self._refused
+        try:
+            commits = self.source.commits_between(self._done_revision, revision)
+            owners = self._owners(revision)
+            checks = [
+                self.source.check_commit(c.revision, verification.allowed_signers_file)
+                for c in reversed(commits)
+            ]
+        except ReconcilerError as exc:
+            return self._failed(started, revision, f"cannot verify revision {revision}: {exc}")
+        signers = verification.by_principal
+        problems = [p for check in checks for p in refusals(check, signers=signers, owners=owners)]
+        if problems:
+            message = f"revision {revision[:12]} refused: {problems[0]}"
+            for problem in problems:
+                self.backend.add_event("sync", None, "ChangeRefused", problem)
+                log.warning("change refused: %s", problem)
+            record = SyncRecord(
+                started_at=started,
+                finished_at=self.clock.now(),
+                revision=revision,
+                result="failed",
+                errors=[{"revision": revision, "message": p} for p in problems],
+                message=message,
+            )
+            self.backend.record_sync(record)
+            self._refused_revision = revision
+            self._refused = SyncOutcome(revision, "failed", record=record, message=message)
+            return self._refused
+        for check in checks:
+            signer = signers[check.principal or ""]
+            roles = ", ".join(sorted(signer.roles))
+            verified.append({"commit": check.revision, "signer": signer.name, "roles": roles})
+            self.backend.add_event(
+                "sync",
+                None,
+                "ChangeVerified",
+                f"commit {check.revision[:12]} signed by {signer.name} ({roles})",
+            )
+        return None
+
+    def _owners(self, revision: Revision) -> tuple[OwnershipRule, ...]:
+        """The owners rules of the last applied config (a commit never widens its own
+        rights); on a first sync, those of the revision itself."""
+        if self._applied_config is None:
+            self._applied_config = self.loader.load_config(self._done_revision or revision)
+        return self._applied_config.owners
 
     def apply(self, plan: Plan, revision: Revision) -> tuple[dict[WorkflowKey, str], bool]:
         """Apply the plan; return failures by workflow, and whether any was transient.
@@ -349,6 +437,7 @@ class Syncer:
         failures: dict[WorkflowKey, str],
         *,
         transient: bool,
+        verified: list[dict[str, str]] | None = None,
     ) -> SyncOutcome:
         result: SyncResult
         if loaded.errors or failures:
@@ -372,7 +461,7 @@ class Syncer:
             errors=[p.as_dict() for p in loaded.errors]
             + [{"workflow": k, "message": v} for k, v in failures.items()],
             message=message,
-            source=loaded.source_info(),
+            source={**loaded.source_info(), **({"verified": verified} if verified else {})},
         )
         self.backend.report_problems(
             self._problems(loaded, plan, failures), owner=self.options.owner

@@ -16,7 +16,9 @@ from reconciler.adapters.local.secrets import SecretStore
 from reconciler.adapters.local.store import LocalStore
 from reconciler.adapters.statusbranch import StatusWriter
 from reconciler.app.settings import Settings, SettingsError
+from reconciler.app.syncing import Verification
 from reconciler.core.planning import DeletionPolicy
+from reconciler.core.signing import Signer, allowed_signers_text
 from reconciler.ports import NULL_RECORDER, Recorder, RunBackend, Source, StepRunner
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when that backend is chosen
@@ -192,3 +194,23 @@ def start_watching(backend: RunBackend, runner: StepRunner) -> None:
         backend.start_watching()
     if isinstance(runner, KubernetesStepRunner):
         runner.start_watching()
+
+
+def verification(settings: Settings) -> Verification | None:
+    """With verify_commits on: the signers, and git's allowed-signers file written from them
+    into the state directory (the repository never supplies either)."""
+    if not settings.verify_commits:
+        return None
+    if not settings.signers:
+        raise SettingsError(
+            "verify_commits is on but no signers are configured: list them under `signers:` "
+            "(name, email, key, roles) in the daemon's config"
+        )
+    signers = tuple(
+        Signer(name=s.name, principal=s.email, key=s.key, roles=frozenset(s.roles))
+        for s in settings.signers
+    )
+    path = settings.state_dir / "allowed_signers"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(allowed_signers_text(signers))
+    return Verification(signers, path.resolve())

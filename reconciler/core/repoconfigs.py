@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from reconciler.core.manifests import EnvName, WireModel, WorkspaceName
 from reconciler.core.notifications import NotificationRule
+from reconciler.core.signing import OwnershipRule
 
 CONFIG_FILE = ".reconciler.yaml"
 DEFAULT_WORKSPACE = "public"
@@ -54,6 +55,8 @@ class RepoConfig(WireModel):
     exclude: tuple[str, ...] = ()
     limits: Limits = Limits()
     notifications: tuple[NotificationRule, ...] = ()
+    # who may change which paths, when the daemon verifies commits (see core/signing.py)
+    owners: tuple[OwnershipRule, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
