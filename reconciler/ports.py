@@ -187,6 +187,12 @@ class Backend(Protocol):
 
     def record_sync(self, record: SyncRecord) -> None: ...
 
+    def get_value(self, key: str) -> str | None:
+        """A small durable value (report watermarks, who created a workflow)."""
+        ...
+
+    def set_value(self, key: str, value: str) -> None: ...
+
     def add_event(self, key: str, run_id: str | None, kind: str, message: str) -> None:
         """Something people should see happened: key is "workspace/name", or a word such as
         "sync" for the reconciler itself."""
@@ -324,10 +330,6 @@ class RunBackend(Backend, Protocol):
     def runs_finished_after(self, mark: tuple[datetime, str] | None, *, limit: int) -> list[Run]:
         """Runs that ended after mark (finished_at, "workspace/run id"), oldest first."""
         ...
-
-    def get_value(self, key: str) -> str | None: ...
-
-    def set_value(self, key: str, value: str) -> None: ...
 
     def set_step_pid(self, run: Run, step: str, pid: int | None) -> None: ...
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from reconciler.app.api import RunsApi
 from reconciler.app.metrics import PrometheusRecorder
 from reconciler.app.webhooks import Webhooks
 
@@ -108,12 +109,13 @@ class DaemonServer:
         *,
         recorder: PrometheusRecorder | None = None,
         webhooks: Webhooks | None = None,
+        api: RunsApi | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not port.isdigit():
             raise ValueError(f"http_address {address!r}: expected host:port, e.g. 127.0.0.1:8080")
         self.health = health
-        handler = _handler(health, recorder, webhooks)
+        handler = _handler(health, recorder, webhooks, api)
         self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
@@ -132,14 +134,19 @@ class DaemonServer:
 
 
 def _handler(
-    health: Health, recorder: PrometheusRecorder | None, webhooks: Webhooks | None
+    health: Health,
+    recorder: PrometheusRecorder | None,
+    webhooks: Webhooks | None,
+    api: RunsApi | None,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "reconciler"
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/healthz":
+            if path.startswith("/api/"):
+                self._api("GET")
+            elif path == "/healthz":
                 ok, body = health.live()
                 self._json(200 if ok else 503, {"ok": ok, **body})
             elif path == "/readyz":
@@ -157,6 +164,9 @@ def _handler(
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
+            if path.startswith("/api/"):
+                self._api("POST")
+                return
             source = path.removeprefix("/hooks/")
             if webhooks is None or not path.startswith("/hooks/") or "/" in source:
                 self._json(404, {"error": "not found: POST /hooks/github|gitlab|generic"})
@@ -166,6 +176,24 @@ def _handler(
             if answer.status == 413:
                 self.close_connection = True  # the rest of the body is never read
             self._json(answer.status, answer.body)
+
+        def _api(self, method: str) -> None:
+            if api is None:
+                self._json(404, {"error": "the API is off: list `users` in the settings"})
+                return
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            length = int(headers.get("content-length") or 0)
+            if 0 < length <= 65536:
+                self.rfile.read(length)  # requests carry no body we use
+            reply = api.handle(method, self.path, headers)
+            if reply.text is None:
+                self._json(reply.status, reply.body)
+                return
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(reply.text)))
+            self.end_headers()
+            self.wfile.write(reply.text)
 
         def _json(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()

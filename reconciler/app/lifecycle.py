@@ -21,7 +21,6 @@ import json
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,11 +47,12 @@ from reconciler.app.completion import (
 from reconciler.app.running import Executor
 from reconciler.app.scheduling import resume_from_now
 from reconciler.app.settings import Settings
+from reconciler.app.triggering import TriggerRefused, trigger_run
 from reconciler.app.wiring import build_runner, build_store
 from reconciler.core.loading import load_manifest_file
-from reconciler.core.names import RunId, WorkflowKey
-from reconciler.core.runs import Run, new_run
-from reconciler.core.slots import manual_run_id, next_fire_times
+from reconciler.core.names import WorkflowKey
+from reconciler.core.runs import Run
+from reconciler.core.slots import next_fire_times
 from reconciler.core.workflows import AppliedWorkflow, DesiredWorkflow
 from reconciler.ports import ReconcilerError, RunBackend
 
@@ -802,32 +802,12 @@ def _run(name: str, workspace: str, wait: bool, flags: dict[str, Any]) -> None:
     store = open_store(settings)
     workflow = find_workflow(store, name, workspace, settings)
     ws = ws_flag(workflow.workspace)
-    now = datetime.now(UTC)
-    policy = (workflow.spec["spec"].get("schedule") or {}).get("concurrencyPolicy", "Allow")
-    active = store.runs_of(workflow.key, states=["pending", "running"])
-    if active and policy == "Forbid":
+    try:
+        run = trigger_run(store, workflow, requested_by=requester(), now=datetime.now(UTC))
+    except TriggerRefused as exc:
         raise click.ClickException(
-            f"run {active[0].run_id} is still {active[0].state} and concurrencyPolicy is "
-            f"Forbid; wait for it or cancel it: reconciler cancel -n {name}{ws}"
-        )
-    run = new_run(
-        workspace=workflow.workspace,
-        run_id=RunId(manual_run_id(workflow.name, uuid.uuid4().hex)),
-        name=workflow.name,
-        trigger="manual",
-        requested_by=requester(),
-        revision=workflow.revision,
-        spec=workflow.spec,
-        spec_hash=workflow.spec_hash,
-        now=now,
-    )
-    events = [
-        (workflow.key, run.run_id, "RunTriggered", f"manual run requested by {run.requested_by}")
-    ]
-    if active and policy == "Replace":
-        for old in active:
-            store.request_cancel(old.workspace, old.run_id, reason=f"replaced by run {run.run_id}")
-    store.create_runs([run], events=events)
+            f"{exc}; wait for it or cancel it: reconciler cancel -n {name}{ws}"
+        ) from exc
     stderr.print(f"run [bold]{run.run_id}[/] of {workflow.key} created")
     click.echo(run.run_id)
     if not wait:

@@ -18,6 +18,7 @@ import click
 from reconciler.adapters.clocks import SystemClock
 from reconciler.adapters.local.locks import StateLock
 from reconciler.adapters.local.secrets import SecretStore
+from reconciler.app.api import RunsApi, User
 from reconciler.app.cli_common import make_syncer, report_outcome
 from reconciler.app.daemon import Daemon, LoopOptions
 from reconciler.app.health import DaemonServer, Health
@@ -40,9 +41,10 @@ from reconciler.app.wiring import (
 )
 from reconciler.core.notifications import previous_outcome
 from reconciler.core.redaction import Redactor
+from reconciler.core.repoconfigs import RepoConfig
 from reconciler.core.runs import Run
 from reconciler.core.slots import CatchUpPolicy
-from reconciler.ports import ReconcilerError, StepRunner
+from reconciler.ports import ReconcilerError, RunBackend, StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +123,19 @@ def serve(settings: Settings, *, once: bool) -> int:
         notifier.run_finished(run, tags=tags, previous=previous_outcome(run, history))
 
     notifier = _notifier(settings, clock, recorder, redactor_) if not once else None
-    rules_known = False
+    current: list[RepoConfig] = []  # the repository's config as last read: rules for the API
 
     def on_outcome(outcome: SyncOutcome) -> None:
-        nonlocal rules_known
-        if notifier is not None:
-            config = outcome.config
-            if config is None and not rules_known and outcome.revision:
-                try:  # up to date at start: read only the repository's config
-                    config = syncer.loader.load_config(outcome.revision)
-                except ReconcilerError as exc:
-                    log.warning("reading the notification rules failed: %s", exc)
-            if config is not None:
+        config = outcome.config
+        if config is None and not current and outcome.revision:
+            try:  # up to date at start: read only the repository's config
+                config = syncer.loader.load_config(outcome.revision)
+            except ReconcilerError as exc:
+                log.warning("reading the repository's config failed: %s", exc)
+        if config is not None:
+            current[:] = [config]
+            if notifier is not None:
                 notifier.set_rules(config.notifications)
-                rules_known = True
         if not as_json:
             report_outcome(outcome)  # colours for a person at a terminal
             return
@@ -177,7 +178,8 @@ def serve(settings: Settings, *, once: bool) -> int:
     server = None
     address = settings.serving_address(os.environ)
     if address and not once:
-        server = _server(settings, address, health, recorder, loop)
+        api = _api(settings, backend, runner, clock, redactor_, executor, current)
+        server = _server(settings, address, health, recorder, loop, api)
         server.start()
     elector = None
     try:
@@ -236,8 +238,43 @@ def _notifier(
     return notifier
 
 
+def _api(
+    settings: Settings,
+    backend: RunBackend,
+    runner: StepRunner,
+    clock: SystemClock,
+    redact: Redactor,
+    executor: Executor | None,
+    current: list[RepoConfig],
+) -> RunsApi | None:
+    """The run API, when the settings list users (each with a bearer token)."""
+    users = []
+    for user in settings.users:
+        token = user.read_token()
+        if token is None:
+            log.warning("API user %s has no token (token or token_file): left out", user.name)
+            continue
+        users.append(User(user.name, token, frozenset(user.groups)))
+    if not users:
+        return None
+    return RunsApi(
+        backend,
+        users=users,
+        rules=lambda: current[0].access if current else (),
+        read_log=runner.read_log,
+        clock=clock,
+        notify=executor.notify if executor is not None else (lambda: None),
+        redact=redact,
+    )
+
+
 def _server(
-    settings: Settings, address: str, health: Health, recorder: PrometheusRecorder, loop: Daemon
+    settings: Settings,
+    address: str,
+    health: Health,
+    recorder: PrometheusRecorder,
+    loop: Daemon,
+    api: RunsApi | None,
 ) -> DaemonServer:
     try:
         secrets = WebhookSecrets(
@@ -255,7 +292,7 @@ def _server(
         max_body=settings.webhook_max_body,
     )
     try:
-        return DaemonServer(address, health, recorder=recorder, webhooks=webhooks)
+        return DaemonServer(address, health, recorder=recorder, webhooks=webhooks, api=api)
     except OSError as exc:
         raise click.ClickException(
             f"cannot serve HTTP on {address}: {exc}; set http_address to a free host:port, or 'off'"

@@ -43,6 +43,27 @@ class SignerSettings(BaseModel):
     roles: list[Literal["tenant-admin", "data-developer"]] = Field(default_factory=list)
 
 
+class UserSettings(BaseModel):
+    """A person of the HTTP API: a bearer token (from a file, a mounted Secret) and groups."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    token: str | None = Field(default=None, repr=False)
+    token_file: Path | None = None
+    groups: list[str] = Field(default_factory=list)
+
+    def read_token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -100,6 +121,9 @@ class Settings(BaseModel):
         default=False, description="apply only commits signed by `signers` with a creating role"
     )
     signers: list[SignerSettings] = Field(default_factory=list)
+    users: list[UserSettings] = Field(
+        default_factory=list, description="people of the HTTP API, by bearer token"
+    )
     notify_targets: dict[str, NotifyTargetSettings] = Field(
         default_factory=dict,
         description="name -> {url | url_file, format: slack|generic}; rules in .reconciler.yaml",

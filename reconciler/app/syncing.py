@@ -34,13 +34,14 @@ from reconciler.core.names import Revision, WorkflowKey
 from reconciler.core.planning import Action, DeletionPolicy, Plan, allows_prune, make_plan
 from reconciler.core.problems import Problem
 from reconciler.core.repoconfigs import CONFIG_FILE, RepoConfig
-from reconciler.core.signing import OwnershipRule, Signer, refusals
+from reconciler.core.signing import CommitCheck, OwnershipRule, Signer, refusals
 from reconciler.core.syncs import SyncRecord, SyncResult
 from reconciler.core.variables import merge_variables
 from reconciler.core.workflows import DesiredWorkflow, WorkflowApply
 from reconciler.ports import Backend, Clock, ReconcilerError, Snapshot, Source, TransientError
 
 log = logging.getLogger(__name__)
+CREATED_BY = "created-by/"  # + workflow key: the signer whose commit created it
 EVENTS_PER_PASS = 100  # beyond this many changes a pass records one summary event
 _EVENT_KINDS = {"create": "Applied", "update": "Updated", "move": "Moved", "delete": "Deleted"}
 
@@ -254,6 +255,8 @@ class Syncer:
         self._applied_config: RepoConfig | None = None
         self._refused_revision: Revision | None = None
         self._refused: SyncOutcome | None = None
+        self._outage = False  # the last record is a failure: record the next pass, even unchanged
+        self._checks: list[tuple[CommitCheck, str]] = []  # this pass's verified commits
         last = backend.last_sync()
         if last is not None and last.result == "succeeded" and last.revision:
             self._done_revision = last.revision
@@ -276,7 +279,7 @@ class Syncer:
             revision = self.source.latest_revision()
         except ReconcilerError as exc:
             return self._failed(started, None, f"source unavailable: {exc}")
-        if revision == self._done_revision and not force:
+        if revision == self._done_revision and not force and not self._outage:
             return SyncOutcome(revision, "unchanged")
         verified: list[dict[str, str]] = []
         if self.options.verification is not None:
@@ -305,6 +308,7 @@ class Syncer:
             ),
         )
         failures, transient = self.apply(plan, revision)
+        self._record_creators(plan, failures)
         outcome = self._finish(
             started, revision, loaded, plan, failures, transient=transient, verified=verified
         )
@@ -353,6 +357,7 @@ class Syncer:
             self._refused_revision = revision
             self._refused = SyncOutcome(revision, "failed", record=record, message=message)
             return self._refused
+        self._checks = [(check, signers[check.principal or ""].name) for check in checks]
         for check in checks:
             signer = signers[check.principal or ""]
             roles = ", ".join(sorted(signer.roles))
@@ -364,6 +369,20 @@ class Syncer:
                 f"commit {check.revision[:12]} signed by {signer.name} ({roles})",
             )
         return None
+
+    def _record_creators(self, plan: Plan, failures: dict[WorkflowKey, str]) -> None:
+        """With verification on: who created each new workflow (the newest verified commit
+        that touched its file), the owner unless .reconciler.yaml names one."""
+        if not self._checks:
+            return
+        for action in plan.actions:
+            if action.kind != "create" or action.key in failures or action.desired is None:
+                continue
+            path = action.desired.path
+            creators = [name for check, name in self._checks if path in check.paths]
+            if creators:
+                self.backend.set_value(CREATED_BY + action.key, creators[-1])
+        self._checks = []
 
     def _owners(self, revision: Revision) -> tuple[OwnershipRule, ...]:
         """The owners rules of the last applied config (a commit never widens its own
@@ -468,6 +487,7 @@ class Syncer:
         )
         self._events(plan, failures, revision)
         self.backend.record_sync(record)
+        self._outage = False
         if not transient:
             self._done_revision = revision
         return SyncOutcome(
@@ -519,4 +539,5 @@ class Syncer:
         last = self.backend.last_sync()
         if last is None or (last.result, last.message) != ("failed", message):
             self.backend.record_sync(record)  # one record per distinct outage, not per tick
+        self._outage = True
         return SyncOutcome(revision, "failed", record=record, message=message)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from reconciler.core.access import AccessRule
 from reconciler.core.manifests import EnvName, WireModel, WorkspaceName
 from reconciler.core.notifications import NotificationRule
 from reconciler.core.signing import OwnershipRule
@@ -57,6 +58,8 @@ class RepoConfig(WireModel):
     notifications: tuple[NotificationRule, ...] = ()
     # who may change which paths, when the daemon verifies commits (see core/signing.py)
     owners: tuple[OwnershipRule, ...] = ()
+    # who owns which workflows and whom they grant use (run, cancel, read); see core/access.py
+    access: tuple[AccessRule, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

@@ -210,3 +210,20 @@ def test_verification_needs_a_git_source(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "no signers are configured" in result.output
+
+
+def test_the_signer_who_created_a_workflow_is_recorded_as_its_creator(
+    repo: Repo, tmp_path: Path
+) -> None:
+    repo.commit("examples", by=ADMIN)
+    syncer, store = syncer_for(repo, tmp_path)
+    assert syncer.sync().result == "succeeded"
+    repo.remote.write(
+        "workflows/copy.yaml",
+        repo.remote.read("workflows/daily-report.yaml").replace(
+            "name: daily-report", "name: dev-copy"
+        ),
+    )
+    repo.commit("a workflow of my own", by=DEVELOPER)
+    assert syncer.sync().result == "succeeded"
+    assert store.get_value("created-by/public/dev-copy") == "dev"
