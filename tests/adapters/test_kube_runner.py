@@ -286,3 +286,45 @@ def test_a_volume_is_a_claim_in_the_workspace(kube: KubeEmulator) -> None:
     )
     assert runner.volume_exists("public", "shared")
     assert not runner.volume_exists("elsewhere", "shared")
+
+
+def test_a_workflowrun_created_by_a_person_is_filled_in_and_run(running: KubeEmulator) -> None:
+    """Triggering through Kubernetes RBAC: a WorkflowRun with only spec.workflow."""
+    backend, runner = wire(running)
+    secret(running, "db-credentials", PASSWORD="s3cret")
+    create_run(backend, DIAMOND, "diamond-m7")  # applies the workflow (and one run)
+    backend.start_watching()
+    running.put(
+        {
+            "apiVersion": "reconciler.dev/v1alpha1",
+            "kind": "WorkflowRun",
+            "metadata": {"name": "diamond-by-hand", "namespace": "public"},
+            "spec": {"workflow": "diamond"},
+        }
+    )
+    running.put(
+        {
+            "apiVersion": "reconciler.dev/v1alpha1",
+            "kind": "WorkflowRun",
+            "metadata": {"name": "nothing-by-hand", "namespace": "public"},
+            "spec": {"workflow": "no-such-workflow"},
+        }
+    )
+    try:
+        run_all(Executor(backend, runner, clock=SystemClock()))
+    finally:
+        runner.close()
+        backend.close()
+    done = backend.get_run("public", "diamond-by-hand")
+    assert done is not None
+    assert done.state == "succeeded"
+    assert done.trigger == "manual"
+    assert done.requested_by.startswith("kubernetes")
+    stored = running.get("reconciler.dev/v1alpha1/workflowruns", "public", "diamond-by-hand")
+    assert stored is not None
+    assert validate_object(stored) == []
+    assert stored["metadata"]["ownerReferences"][0]["name"] == "diamond"
+    refused = running.get("reconciler.dev/v1alpha1/workflowruns", "public", "nothing-by-hand")
+    assert refused is not None
+    assert refused["status"]["state"] == "failed"
+    assert "no workflow public/no-such-workflow" in refused["status"]["reason"]

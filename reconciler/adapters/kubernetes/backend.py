@@ -76,8 +76,8 @@ from reconciler.adapters.kubernetes.objects import (
     workflow_object,
     workflow_owner,
 )
-from reconciler.core.names import WorkflowKey
-from reconciler.core.runs import Run, RunState
+from reconciler.core.names import RunId, WorkflowKey
+from reconciler.core.runs import Run, RunState, new_run, skipped_run
 from reconciler.core.slots import Ledger, next_fire_times
 from reconciler.core.syncs import SyncRecord
 from reconciler.core.workflows import (
@@ -525,8 +525,11 @@ class KubernetesBackend:
         return {str(step["name"]): step for step in cached.get("steps") or ()}
 
     def get_run(self, workspace: str, run_id: str) -> Run | None:
+        """The run; None also for a WorkflowRun asked for but not filled in yet."""
         obj = self.client.get(WORKFLOW_RUNS, workspace, run_id)
-        return None if obj is None else run_from_object(obj)
+        if obj is None or STATE not in ((obj.get("metadata") or {}).get("labels") or {}):
+            return None
+        return run_from_object(obj)
 
     def runs_of(
         self, key: WorkflowKey, *, limit: int = 20, states: Sequence[RunState] | None = None
@@ -545,7 +548,94 @@ class KubernetesBackend:
     def active_runs(self) -> list[Run]:
         return [run_from_object(o) for o in self._active_objects()]
 
+    def adopt_requested_runs(self) -> list[str]:
+        """Runs people asked for by creating a WorkflowRun with only ``spec.workflow`` (so
+        Kubernetes RBAC decides who may trigger): fill them in as manual runs of this
+        reconciler's workflows, or end them with the reason they cannot run."""
+        items, _ = self.client.list(WORKFLOW_RUNS, label_selector=f"!{STATE}")
+        adopted = []
+        for obj in items:
+            name = self._adopt(obj)
+            if name is not None:
+                adopted.append(name)
+        return adopted
+
+    def _adopt(self, obj: Obj) -> str | None:
+        metadata = obj["metadata"]
+        workspace, run_id = str(metadata["namespace"]), str(metadata["name"])
+        workflow_name = str((obj.get("spec") or {}).get("workflow") or "")
+        key = WorkflowKey(f"{workspace}/{workflow_name}")
+        workflow = self._recent_workflow(key) if workflow_name else None
+        if workflow is not None and workflow_owner(workflow) != self.owner:
+            return None  # another reconciler's workflow: it adopts the run
+        managers = [str(m.get("manager")) for m in metadata.get("managedFields") or ()]
+        client = managers[0] if managers else "a client"
+        requested_by = f"kubernetes ({client}; see the audit log)"
+        if workflow is None:
+            self._refuse_request(obj, f"no workflow {key!s} of this reconciler")
+            return None
+        applied = applied_from_object(workflow)
+        run = new_run(
+            workspace=workspace,
+            run_id=RunId(run_id),
+            name=workflow_name,
+            trigger="manual",
+            requested_by=requested_by,
+            revision=applied.revision,
+            spec=applied.spec,
+            spec_hash=applied.spec_hash,
+            now=self.clock.now(),
+        )
+        policy = (applied.spec["spec"].get("schedule") or {}).get("concurrencyPolicy", "Allow")
+        active = self.runs_of(key, states=["pending", "running"]) if policy != "Allow" else []
+        if active and policy == "Forbid":
+            run = skipped_run(
+                run, reason=f"concurrencyPolicy Forbid: run {active[0].run_id} is active"
+            )
+        body = run_object(run, owner=self.owner, workflow_uid=str(workflow["metadata"]["uid"]))
+        body["metadata"]["resourceVersion"] = metadata["resourceVersion"]
+        try:
+            self.client.merge_patch(
+                WORKFLOW_RUNS,
+                workspace,
+                run_id,
+                {"metadata": body["metadata"], "spec": body["spec"]},
+                field_manager=FIELD_MANAGER,
+            )
+        except Conflict:
+            return None  # changed meanwhile: the next round looks again
+        if run.state != "pending":
+            self.client.merge_patch(
+                WORKFLOW_RUNS, workspace, run_id, {"status": run_status(run)}, sub="status"
+            )
+        for old in active if policy == "Replace" else []:
+            self.request_cancel(old.workspace, old.run_id, reason=f"replaced by run {run_id}")
+        self.add_event(
+            key, run_id, "RunTriggered", f"manual run requested by {requested_by}: {run.state}"
+        )
+        return run_id
+
+    def _refuse_request(self, obj: Obj, reason: str) -> None:
+        metadata = obj["metadata"]
+        workspace, run_id = str(metadata["namespace"]), str(metadata["name"])
+        self.client.merge_patch(
+            WORKFLOW_RUNS,
+            workspace,
+            run_id,
+            {"metadata": {"labels": {MANAGED_BY: MANAGED_BY_VALUE, STATE: "failed"}}},
+        )
+        self.client.merge_patch(
+            WORKFLOW_RUNS,
+            workspace,
+            run_id,
+            {"status": {"state": "failed", "reason": reason}},
+            sub="status",
+        )
+        log.warning("WorkflowRun %s/%s refused: %s", workspace, run_id, reason)
+
     def active_run_flags(self) -> dict[tuple[str, str], bool]:
+        if self._watching:  # the daemon: take the runs people asked for first
+            self.adopt_requested_runs()
         return {
             (str(o["metadata"]["namespace"]), str(o["metadata"]["name"])): bool(
                 (o.get("spec") or {}).get("cancel")
