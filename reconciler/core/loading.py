@@ -74,14 +74,20 @@ def load_manifest_file(
     try:
         loaded = load_documents(data, limits=YamlLimits(max_bytes=max_bytes))
     except YamlLoadError as exc:
-        return FileLoad(path, errors=(Problem(path, exc.line, exc.column, "", exc.message),))
+        return FileLoad(path, errors=(_load_problem(path, exc),))
     notes = tuple(
         Problem(path, n.line, n.column, "", n.message, severity="note") for n in loaded.notes
     )
     workflows: list[LoadedWorkflow] = []
     errors: list[Problem] = []
     for document in loaded.documents:
-        manifest, findings = validate_document(document, variables, substitute=b"$" in data)
+        manifest, findings = validate_document(
+            document,
+            variables,
+            substitute=b"$" in data,
+            # a NUL only gets in through an escape ("\0", "\x00"...) or a variable
+            check_nul=b"\\" in data or any("\0" in value for value in variables.values()),
+        )
         errors += [_place(path, document, f) for f in findings]
         if manifest is not None:
             workflows.append(
@@ -97,12 +103,25 @@ def load_manifest_file(
     return FileLoad(path, tuple(workflows), tuple(errors), notes)
 
 
+def _load_problem(path: str, exc: YamlLoadError) -> Problem:
+    """The file could not be loaded; where, or line 1 when YAML could not say (every
+    problem has a FILE:LINE)."""
+    if exc.line is None:
+        return Problem(path, 1, None, "", exc.message)
+    return Problem(path, exc.line, exc.column, "", exc.message)
+
+
 def validate_document(
-    document: YamlDocument, variables: Mapping[str, str], *, substitute: bool = True
+    document: YamlDocument,
+    variables: Mapping[str, str],
+    *,
+    substitute: bool = True,
+    check_nul: bool = True,
 ) -> tuple[Workflow | None, list[Finding]]:
     """A Workflow when the document is valid; otherwise every finding.
 
-    ``substitute=False`` skips the ``${NAME}`` pass (the file holds no ``$``).
+    ``substitute=False`` skips the ``${NAME}`` pass (the file holds no ``$``);
+    ``check_nul=False`` the search for NUL characters (the file holds no escape).
     """
     if not isinstance(document.data, dict):
         kind = type(document.data).__name__
@@ -114,12 +133,41 @@ def validate_document(
         data, findings = substitute_variables(data, variables)
         if findings:
             return None, findings
+    if check_nul and (findings := _nul_findings(data)):
+        return None, findings
     try:
         manifest = Workflow.model_validate(data, context={"defer_semantics": True})
     except ValidationError as exc:
         return None, findings_from_validation_error(exc, Workflow)
     findings = check_workflow(manifest)
     return (None, findings) if findings else (manifest, [])
+
+
+_NUL_MESSAGE = (
+    "contains a NUL character ('\\0'), which no command, argument, environment variable or "
+    "path can hold; remove it"
+)
+
+
+def _nul_findings(data: object) -> list[Finding]:
+    """A finding for every key and text holding a NUL: a process could not be started with it."""
+    findings: list[Finding] = []
+    todo: list[tuple[object, Loc]] = [(data, ())]
+    while todo:
+        node, loc = todo.pop()
+        if isinstance(node, str):
+            if "\0" in node:
+                findings.append(Finding(loc, _NUL_MESSAGE))
+        elif isinstance(node, dict):
+            children: list[tuple[object, Loc]] = []
+            for key, value in node.items():
+                if isinstance(key, str) and "\0" in key:
+                    findings.append(Finding((*loc, key), _NUL_MESSAGE, at_key=True))
+                children.append((value, (*loc, key)))
+            todo.extend(reversed(children))  # document order
+        elif isinstance(node, list):
+            todo.extend(reversed([(value, (*loc, index)) for index, value in enumerate(node)]))
+    return findings
 
 
 def _place(path: str, document: YamlDocument, finding: Finding) -> Problem:
@@ -194,7 +242,7 @@ def load_repo_config(
     try:
         loaded = load_documents(data)
     except YamlLoadError as exc:
-        return RepoConfig(), (Problem(path, exc.line, exc.column, "", exc.message),)
+        return RepoConfig(), (_load_problem(path, exc),)
     if not loaded.documents:
         return RepoConfig(), ()
     if len(loaded.documents) > 1:

@@ -30,7 +30,7 @@ def check_label(value: str, *, limit: int = MAX_LABEL, what: str = "name") -> st
         return f"{what} must not be empty"
     if len(value) > limit:
         return f"{what} {value!r} is {len(value)} characters; the limit is {limit}"
-    if not _LABEL.match(value):
+    if not _LABEL.fullmatch(value):  # not match: "$" also matches before a final "\n"
         hint = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-") or "my-name"
         return (
             f"{what} {value!r} must be lower-case letters, digits and '-', starting and "
@@ -41,7 +41,7 @@ def check_label(value: str, *, limit: int = MAX_LABEL, what: str = "name") -> st
 
 def check_identifier(value: str, *, what: str) -> str | None:
     """None when value is a C-style identifier (env var names, aliases)."""
-    if _IDENTIFIER.match(value):
+    if _IDENTIFIER.fullmatch(value):
         return None
     return f"{what} {value!r} must start with a letter or '_' and hold only letters, digits, '_'"
 

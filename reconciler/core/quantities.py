@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 _QUANTITY = re.compile(
     r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
@@ -21,6 +21,9 @@ _BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 EXAMPLES = "e.g. 500m or 2 for CPU, 512Mi or 1Gi for memory"
+# Kubernetes' own bound on any quantity; it also keeps a hostile "1e999999" from becoming a
+# million-digit integer when a memory limit is turned into bytes
+MAX_QUANTITY = Decimal(2**63 - 1)
 
 
 class QuantityError(ValueError):
@@ -41,10 +44,18 @@ def parse_quantity(value: str | int | float) -> Decimal:
     if match is None:
         raise QuantityError(f"{value!r} is not a Kubernetes quantity ({EXAMPLES})")
     try:
-        number = Decimal(match["number"])
-    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
-        raise QuantityError(f"{value!r} is not a Kubernetes quantity ({EXAMPLES})") from exc
-    suffix = match["suffix"] or ""
+        amount = _amount(match["number"], match["suffix"] or "")
+    except (ArithmeticError, ValueError) as exc:  # an exponent out of Decimal's range
+        raise QuantityError(f"{value!r} is out of range ({EXAMPLES})") from exc
+    if abs(amount) > MAX_QUANTITY:
+        raise QuantityError(
+            f"{value!r} is more than the largest quantity Kubernetes accepts, 2^63-1 ({EXAMPLES})"
+        )
+    return amount
+
+
+def _amount(digits: str, suffix: str) -> Decimal:
+    number = Decimal(digits)
     if suffix in _BINARY:
         return number * (Decimal(2) ** _BINARY[suffix])
     if suffix in _DECIMAL:

@@ -8,7 +8,8 @@ tokens, JWTs, passwords in URLs), for secrets it never saw.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
 MASK = "[REDACTED]"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words
@@ -30,12 +31,49 @@ class Redactor:
     """Replaces known secret values and token shapes with ``[REDACTED]``."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-        self._known = re.compile("|".join(re.escape(v) for v in values)) if values else None
+        self._known = _pattern(secrets)
 
     def __call__(self, text: str) -> str:
-        if self._known is not None:
-            text = self._known.sub(MASK, text)
+        known = self._known
+        if known is not None:
+            text = known.sub(MASK, text)
         for shape in TOKEN_SHAPES:
             text = shape.sub(MASK, text)
         return text
+
+
+class LiveRedactor(Redactor):
+    """A Redactor that reads the known values again whenever ``stamp()`` changes, so a
+    secret set while the daemon runs is redacted from then on (not only after a restart).
+
+    ``values`` and ``stamp`` are the caller's (the secret store's); a ``values`` that fails
+    keeps the values known so far, and is asked again on the next call.
+    """
+
+    def __init__(self, values: Callable[[], Iterable[str]], *, stamp: Callable[[], object]) -> None:
+        self._values = values
+        self._stamp = stamp
+        self._seen = stamp()  # before the values: a change in between is read again
+        self._lock = threading.Lock()
+        super().__init__(values())
+
+    def __call__(self, text: str) -> str:
+        current = self._stamp()
+        if current != self._seen:
+            self._refresh(current)
+        return super().__call__(text)
+
+    def _refresh(self, current: object) -> None:
+        with self._lock:
+            if current == self._seen:
+                return
+            try:
+                known = _pattern(self._values())
+            except Exception:  # keep the values known so far; read again on the next call
+                return
+            self._known, self._seen = known, current
+
+
+def _pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+    return re.compile("|".join(re.escape(v) for v in values)) if values else None

@@ -194,14 +194,14 @@ def render_dashboard(
     ]
     if last_sync is not None:
         revision = (last_sync.revision or "?")[:12]
+        detail = ""
+        if last_sync.errors:
+            detail = f" — {len(last_sync.errors)} error(s), see [sync.json](sync.json)"
+        elif last_sync.result in ("failed", "blocked"):  # the source or a guard: the message
+            detail = " — why: see [sync.json](sync.json)"
         lines += [
             f"Last sync: **{last_sync.result}** at {last_sync.finished_at:%Y-%m-%d %H:%M:%S} UTC, "
-            f"revision `{revision}`"
-            + (
-                f" — {len(last_sync.errors)} error(s), see [sync.json](sync.json)"
-                if last_sync.errors
-                else ""
-            ),
+            f"revision `{revision}`{detail}",
             "",
         ]
     lines += [

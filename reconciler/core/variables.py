@@ -40,7 +40,7 @@ def substitute_variables(data: Any, variables: Mapping[str, str]) -> tuple[Any, 
             escaped, name = match.group(1), match.group(2)
             if escaped:
                 return "${" + name + "}"
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 findings.append(Finding(loc, f"${{{name}}} is not a valid variable name"))
             elif name not in variables:
                 findings.append(

@@ -20,7 +20,7 @@ _IMAGE = re.compile(
 
 
 def _image(value: str) -> str:
-    if not _IMAGE.match(value):
+    if not _IMAGE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not an image reference such as docker.io/library/alpine:3.20"
         )
