@@ -3,6 +3,7 @@
 #   make test   - install into $(VENV) if needed, then lint, type-check and run the tests
 #   make demo   - run the reconciler against examples-repo/
 #   make bench  - run the benchmark suite (bench/run.py; several minutes; not part of CI)
+#   make soak   - the reliability tests at scale (crashes, restarts, replicas; long; not CI)
 #   make lint   - ruff + mypy + import-linter only
 #   make fmt    - format and auto-fix
 #   make clean  - remove the venv and caches
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
 
-.PHONY: demo test bench lint fmt clean
+.PHONY: demo test bench soak lint fmt clean
 
 # (Re)install whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -40,6 +41,13 @@ test: $(STAMP)
 # figures go to bench/out/results.json. `python -m bench.run --quick` is a smoke run.
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.run
+
+# The reliability tests (tests/reliability/) at soak scale, e.g. about 1,000 cron slots per
+# backend, the daemon SIGKILLed and restarted ~100 times; the figures are printed and written to
+# bench/out/reliability-*.json. RELIABILITY_SEED=N moves the kills elsewhere.
+soak: $(STAMP)
+	mkdir -p bench/out
+	RECONCILER_SOAK=1 $(VENV)/bin/pytest -q -s tests/reliability/
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -241,6 +241,11 @@ RULES = (
         "SSH authentication to {host} was refused; check the SSH key and that the server "
         "accepts it for this user",
     ),
+    _rule(  # git daemon: "access denied or repository not exported" is no credentials matter
+        r"no such repository|repository not exported",
+        "unreachable",
+        "there is no git repository at {url} (or the server does not export it); check the URL",
+    ),
     _rule(
         r"authentication failed|could not read (username|password)|terminal prompts disabled"
         r"|returned error: 40[13]|access denied|invalid username or password|http basic",

@@ -13,10 +13,15 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from reconciler.adapters.clocks import SystemClock
 from reconciler.app.settings import Settings, SettingsError, load_settings
 from reconciler.app.syncing import Syncer, SyncOptions, SyncOutcome
-from reconciler.app.wiring import build_source, build_store, deletion_policy, verification
+from reconciler.app.wiring import (
+    build_clock,
+    build_source,
+    build_store,
+    deletion_policy,
+    verification,
+)
 from reconciler.ports import NULL_RECORDER, Backend, ReconcilerError, Recorder
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # messages never wrapped
@@ -111,7 +116,7 @@ def make_syncer(
     return Syncer(
         source,
         store,
-        clock=SystemClock(),
+        clock=build_clock(settings),
         options=SyncOptions(
             owner=settings.owner,
             policy=deletion_policy(settings),

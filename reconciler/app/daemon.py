@@ -40,6 +40,7 @@ class LoopOptions:
     shutdown_grace: float = 30.0
     status_flush_interval: float = 30.0
     debounce: float = 0.0  # seconds a poke waits for more (a burst of webhooks: one pass)
+    clock_rate: float = 1.0  # clock seconds per real second (clock_warp); slots are in clock time
 
 
 class Daemon:
@@ -101,7 +102,7 @@ class Daemon:
             return 0 if outcome.ok else 1
         workers = []
         if self.executor is not None:
-            self.executor.recover()
+            self._recover()
             workers.append(threading.Thread(target=self._execute, name="executor"))
         if self.scheduler is not None:
             workers.append(threading.Thread(target=self._schedule, name="scheduler"))
@@ -137,17 +138,41 @@ class Daemon:
         except ReconcilerError as exc:
             self.status_failures += 1
             log.warning("status push failed (%s); the batch is kept and retried", exc)
+        except Exception:  # a bug must not end the status thread: logged with its trace
+            self.status_failures += 1
+            log.exception("status push broke; the batch is kept and retried")
 
     def _report(self) -> None:
         while not self.stop_event.wait(self.options.status_flush_interval):
             self.flush_status()
 
+    def _recover(self) -> None:
+        """The executor's start-up recovery, retried while the backend cannot answer."""
+        assert self.executor is not None
+        delay = 1.0
+        while not self.stop_event.is_set():
+            try:
+                self.executor.recover()
+                return
+            except ReconcilerError as exc:
+                log.warning("recovering runs failed (%s); retrying in %.0f s", exc, delay)
+                self.executor.runs.clear()  # what it took over so far: taken over again
+                self.executor.running_steps = 0
+                self.stop_event.wait(delay)
+                delay = min(2 * delay, 30.0)
+
     def _sync(self) -> SyncOutcome:
         started = time.monotonic()
-        outcome = self.syncer.sync()
+        backend_failed = False
+        try:
+            outcome = self.syncer.sync()
+        except ReconcilerError as exc:  # the backend failed (locked, full, unreachable)
+            log.warning("sync pass failed, retried next tick: %s", exc)
+            outcome = SyncOutcome(None, "failed", message=f"backend unavailable: {exc}")
+            backend_failed = True
         self.passes += 1
         self.last_outcome = outcome
-        self._measure(outcome, time.monotonic() - started)
+        self._measure(outcome, time.monotonic() - started, backend_failed=backend_failed)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         changed = outcome.plan is not None and outcome.plan.has_changes
@@ -156,8 +181,10 @@ class Daemon:
             self.scheduler_wake.set()
         return outcome
 
-    def _measure(self, outcome: SyncOutcome, seconds: float) -> None:
-        reached = outcome.plan is not None or outcome.result == "unchanged"
+    def _measure(
+        self, outcome: SyncOutcome, seconds: float, *, backend_failed: bool = False
+    ) -> None:
+        reached = backend_failed or outcome.plan is not None or outcome.result == "unchanged"
         if self.health is not None:
             self.health.record(outcome.result, source_ok=reached, message=outcome.message)
         if self.recorder is None:
@@ -174,16 +201,22 @@ class Daemon:
             self.scheduler_wake.clear()
             try:
                 _, wait = self.scheduler.tick()
+            except ReconcilerError as exc:  # the backend: say what, no trace
+                log.warning("scheduling failed (%s); retrying in 5 s", exc)
+                wait = 5.0
             except Exception:
                 log.exception("scheduling failed; retrying in 5 s")
                 wait = 5.0
-            self.scheduler_wake.wait(wait)
+            self.scheduler_wake.wait(wait / self.options.clock_rate)
 
     def _execute(self) -> None:
         assert self.executor is not None
         while not self.stop_event.is_set():
             try:
                 self.executor.step()
+            except ReconcilerError as exc:  # the backend: say what, no trace
+                log.warning("executor round failed (%s); retrying in 1 s", exc)
+                self.stop_event.wait(1.0)
             except Exception:
                 log.exception("executor round failed; retrying in 1 s")
                 self.stop_event.wait(1.0)

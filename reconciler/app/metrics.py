@@ -132,20 +132,40 @@ class _Notifications(Collector):
 class _WorkflowStates(Collector):
     """``reconciler_workflows{state}``, read from the backend when scraped."""
 
-    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, read: Callable[[], Mapping[str, int]], *, wait: float = 2.0) -> None:
         self.read = read
+        self.wait = wait
+        self._last: Mapping[str, int] | None = None
+        self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(PREFIX + "workflows", "Applied workflows, by state")]
 
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            PREFIX + "workflows", "Applied workflows, by state", labels=["state"]
-        )
+    def _refresh(self) -> None:
         try:
             counts = self.read()
         except Exception:  # a scrape must not fail because the backend hiccupped: say so
             log.exception("reading workflow states for /metrics failed")
+            return
+        with self._lock:
+            self._last = counts
+
+    def collect(self) -> Iterable[Metric]:
+        """Fresh counts, or within ``wait`` seconds the last ones: a backend that is busy
+        (a locked database) never makes a scrape hang."""
+        family = GaugeMetricFamily(
+            PREFIX + "workflows", "Applied workflows, by state", labels=["state"]
+        )
+        with self._lock:
+            reader = self._reader
+            if reader is None or not reader.is_alive():
+                reader = self._reader = threading.Thread(target=self._refresh, daemon=True)
+                reader.start()
+        reader.join(self.wait)
+        with self._lock:
+            counts = self._last
+        if counts is None:
             return [family]
         for state in ("creating", "active", "running", "succeeded", "failed"):
             family.add_metric([state], counts.get(state, 0))

@@ -7,6 +7,13 @@ changed) the sync record, pushes them as one commit, and only then moves the
 marks. A failed push moves nothing, so the batch is retried at the next
 flush, after a restart too. Every text is redacted first: secret values the
 daemon knows, and token shapes.
+
+A run's end time is taken before its end is stored (a step's exit, a Job's
+completion seen later through a watch, a skipped slot decided before its
+transaction), so a run may be stored after a newer one was already
+reported. The runs mark therefore looks back ``late_window`` seconds before
+the newest reported end and remembers which runs in that window it already
+pushed: a late run is reported, and none is reported twice.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from reconciler.core.redaction import Redactor
 from reconciler.core.runs import Run
@@ -44,6 +51,7 @@ class ReportingOptions:
     keep_failed: int = 50  # failed, cancelled and skipped runs
     last_runs: int = 10  # in each status.json
     batch_limit: int = 2000  # run reports per commit
+    late_window: float = 600.0  # seconds: how much later than a newer run a run may be stored
 
 
 @dataclass
@@ -76,12 +84,12 @@ class StatusReporter:
 
     def flush(self) -> Flushed | None:
         """Push what is new; None when nothing was. Raises the pusher's errors (marks kept)."""
-        mark_text = self.backend.get_value(RUNS_MARK)
-        mark = None
-        if mark_text:
-            finished, ident = json.loads(mark_text)
-            mark = (datetime.fromisoformat(finished), str(ident))
-        runs = self.backend.runs_finished_after(mark, limit=self.options.batch_limit)
+        mark, recent = self._runs_mark()
+        window = timedelta(seconds=self.options.late_window)
+        since = mark if mark is None or recent is None else (mark[0] - window, "")
+        limit = self.options.batch_limit
+        candidates = self.backend.runs_finished_after(since, limit=limit + len(recent or ()))
+        runs = [run for run in candidates if _ident(run) not in (recent or ())][:limit]
         last_sync = self.backend.last_sync()
         sync_changed = last_sync is not None and (
             self.backend.get_value(SYNC_MARK) != last_sync.finished_at.isoformat()
@@ -130,16 +138,40 @@ class StatusReporter:
 
         message = _message(len(runs), sync_changed, last_sync.result if last_sync else None)
         commit = self.pusher.push(writes, message=message, prune=prune)
-        if runs and runs[-1].finished_at is not None:
-            newest = runs[-1]
-            assert newest.finished_at is not None
-            mark_value = [newest.finished_at.isoformat(), f"{newest.workspace}/{newest.run_id}"]
-            self.backend.set_value(RUNS_MARK, json.dumps(mark_value))
+        if runs:
+            self._move_runs_mark(mark, recent or {}, runs, window)
         if sync_changed and last_sync is not None:
             self.backend.set_value(SYNC_MARK, last_sync.finished_at.isoformat())
         self._dashboard_done = True
         log.info("status pushed: %s (%d runs, %d files)", commit[:12], len(runs), len(writes))
         return Flushed(commit, len(runs), sync_changed, len(writes), list(pruned))
+
+    def _runs_mark(self) -> tuple[tuple[datetime, str] | None, dict[str, datetime] | None]:
+        """The newest reported (end, run), and the runs reported within the late window before
+        it (None for a mark written before the window existed: it is then exclusive)."""
+        text = self.backend.get_value(RUNS_MARK)
+        if not text:
+            return None, None
+        value = json.loads(text)
+        mark = (datetime.fromisoformat(value[0]), str(value[1]))
+        if len(value) < 3:
+            return mark, None
+        return mark, {str(ident): datetime.fromisoformat(end) for end, ident in value[2]}
+
+    def _move_runs_mark(
+        self,
+        mark: tuple[datetime, str] | None,
+        recent: dict[str, datetime],
+        runs: list[Run],
+        window: timedelta,
+    ) -> None:
+        ends = [(run.finished_at, _ident(run)) for run in runs if run.finished_at is not None]
+        newest = max([*ends, *([mark] if mark is not None else [])])
+        reported = {**recent, **{ident: end for end, ident in ends}}
+        floor = newest[0] - window
+        kept = sorted((end, ident) for ident, end in reported.items() if end >= floor)
+        value = [newest[0].isoformat(), newest[1], [[end.isoformat(), i] for end, i in kept]]
+        self.backend.set_value(RUNS_MARK, json.dumps(value))
 
     def _log_tails(self, run: Run) -> dict[str, str]:
         tails = {}
@@ -157,6 +189,10 @@ class StatusReporter:
             times = next_fire_times(schedule["crons"], schedule["timezone"], after=now, count=1)
             upcoming = times[0] if times else None
         return WorkflowSummary(workflow, runs, upcoming)
+
+
+def _ident(run: Run) -> str:
+    return f"{run.workspace}/{run.run_id}"
 
 
 def _message(runs: int, sync: bool, result: str | None) -> str:

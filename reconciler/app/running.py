@@ -78,6 +78,7 @@ class Executor:
         self._reload = True
         self._reloaded_at = float("-inf")
         self._stopping = False
+        self._unsaved: list[StepResult] = []  # results whose save failed: applied again
 
     # -- entry points -----------------------------------------------------------
 
@@ -146,8 +147,13 @@ class Executor:
             self._wake.wait(timeout)  # nothing runs: wait for notify() instead of results
             self._wake.clear()
             timeout = 0.0
-        for result in self.runner.wait_results(timeout):
-            self._apply_result(result)
+        results, self._unsaved = [*self._unsaved, *self.runner.wait_results(timeout)], []
+        for index, result in enumerate(results):
+            try:
+                self._apply_result(result)
+            except ReconcilerError:
+                self._unsaved.extend(results[index + 1 :])
+                raise
 
     def run_until_idle(self, *, stop: threading.Event | None = None) -> None:
         """Step until no run is active (``reconciler run --wait`` without a daemon)."""
@@ -318,7 +324,10 @@ class Executor:
             return self._after_step(run)
         self.running_steps += 1
         # One transaction for "started" and the pid (a restarted daemon stops orphans by it).
-        self._store(run, steps=[name], pids=None if pid is None else {name: pid})
+        try:
+            self._store(run, steps=[name], pids=None if pid is None else {name: pid})
+        except ReconcilerError as exc:  # it runs: its start is saved with its result
+            log.warning("saving the start of step %s of run %s failed: %s", name, run.run_id, exc)
         return run
 
     def _apply_result(self, result: StepResult) -> None:
@@ -327,7 +336,6 @@ class Executor:
         if run is None:
             log.warning("result for unknown run %s/%s", result.workspace, result.run_id)
             return
-        self.running_steps -= 1
         before = run
         run = step_finished(
             run,
@@ -344,10 +352,16 @@ class Executor:
             log.warning("step failed: %s", step.reason, extra=context)
         else:
             log.info("step %s", step.state, extra=context)
+        try:
+            self._store(run, steps=changed_steps(before, run), event=event)
+        except ReconcilerError:  # not lost: applied again in the next round
+            self._unsaved.append(result)
+            raise
+        self.running_steps -= 1
         self.recorder.count("steps_total", result=step.state)
         if step.duration_seconds is not None:
             self.recorder.observe("step_duration_seconds", step.duration_seconds, result=step.state)
-        self._store(run, steps=changed_steps(before, run), event=event)
+        self.runs[key] = run  # saved: even if what follows fails, the step is not run again
         self.runs[key] = self._after_step(run)
         if not self.runs[key].active:
             del self.runs[key]

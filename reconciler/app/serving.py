@@ -32,6 +32,7 @@ from reconciler.app.settings import Settings, SettingsError
 from reconciler.app.syncing import SyncOutcome
 from reconciler.app.webhooks import Webhooks, WebhookSecrets
 from reconciler.app.wiring import (
+    build_clock,
     build_elector,
     build_runner,
     build_status_writer,
@@ -40,7 +41,7 @@ from reconciler.app.wiring import (
     status_enabled,
 )
 from reconciler.core.notifications import previous_outcome
-from reconciler.core.redaction import Redactor
+from reconciler.core.redaction import LiveRedactor, Redactor
 from reconciler.core.repoconfigs import RepoConfig
 from reconciler.core.runs import Run
 from reconciler.core.slots import CatchUpPolicy
@@ -55,10 +56,12 @@ def all_secret_values(secrets: SecretStore) -> list[str]:
 
 
 def redactor(settings: Settings) -> Redactor:
-    """Known secret values (the local store; none on Kubernetes) and token shapes."""
+    """Known secret values (the local store, read again when it changes: a secret set while
+    the daemon runs is redacted at once; none on Kubernetes) and token shapes."""
     if settings.backend == "kubernetes":
         return Redactor()
-    return Redactor(all_secret_values(SecretStore(settings.state_dir)))
+    store = SecretStore(settings.state_dir)
+    return LiveRedactor(lambda: all_secret_values(store), stamp=store.stamp)
 
 
 def serve(settings: Settings, *, once: bool) -> int:
@@ -80,7 +83,7 @@ def serve(settings: Settings, *, once: bool) -> int:
         raise click.ClickException(str(exc)) from exc
     recorder = PrometheusRecorder(workflow_states=backend.workflow_states)
     syncer = make_syncer(settings, backend, recorder=recorder)
-    clock = SystemClock()
+    clock = build_clock(settings)  # a warped one only for simulations and tests
     scheduler = executor = None
     runner = build_runner(settings)
     if not once:
@@ -166,6 +169,7 @@ def serve(settings: Settings, *, once: bool) -> int:
             shutdown_grace=settings.shutdown_grace,
             status_flush_interval=settings.status_flush_interval,
             debounce=settings.poke_debounce,
+            clock_rate=clock.rate,
         ),
         on_outcome=on_outcome,
         scheduler=scheduler,

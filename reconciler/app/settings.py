@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from reconciler.adapters.clocks import parse_clock_warp
 from reconciler.app.notifying import NotifyTargetSettings
 
 ENV_PREFIX = "RECONCILER_"
@@ -64,6 +65,12 @@ class UserSettings(BaseModel):
             return None
 
 
+def _check_clock_warp(value: str | None) -> str | None:
+    if value is not None:
+        parse_clock_warp(value)  # ValueError names the expected form
+    return value
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -80,6 +87,10 @@ class Settings(BaseModel):
     )
     kube_run_history: int = Field(
         default=100, ge=1, description="finished WorkflowRuns kept per Workflow (Kubernetes)"
+    )
+    kube_workspaces: list[str] = Field(
+        default_factory=list,
+        description="namespaces workflows may live in; empty: any but kube-* and the daemon's",
     )
     kube_stuck_grace: float = Field(
         default=60.0,
@@ -164,6 +175,11 @@ class Settings(BaseModel):
     status_keep_succeeded: int = Field(default=20, ge=1)
     status_keep_failed: int = Field(default=50, ge=1)
     status_squash_depth: int | None = Field(default=None, ge=2)
+    clock_warp: Annotated[str | None, AfterValidator(_check_clock_warp)] = Field(
+        default=None,
+        description="for simulations and tests only: RATEx@START[/ANCHOR] runs the daemon's "
+        "wall clock RATE times as fast, reading START at the real time ANCHOR (default START)",
+    )
 
     def secret(self, name: str) -> str | None:
         """A webhook secret from its setting or its file (a mounted Secret); empty is unset."""

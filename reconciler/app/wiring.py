@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.adapters.clocks import SystemClock
+from reconciler.adapters.clocks import SystemClock, parse_clock_warp
 from reconciler.adapters.dirsource import DirectorySource
 from reconciler.adapters.gitsource import GitCredentials, GitSource
 from reconciler.adapters.local.runner import LocalStepRunner
@@ -95,6 +95,11 @@ def build_source(settings: Settings, *, recorder: Recorder = NULL_RECORDER) -> S
     )
 
 
+def build_clock(settings: Settings) -> SystemClock:
+    """The system clock, or a warped one (``clock_warp``: simulations and tests)."""
+    return SystemClock() if settings.clock_warp is None else parse_clock_warp(settings.clock_warp)
+
+
 def build_store(settings: Settings) -> RunBackend:
     """The backend the settings name: the local store, or the Kubernetes API."""
     if settings.backend == "kubernetes":
@@ -104,10 +109,11 @@ def build_store(settings: Settings) -> RunBackend:
             kube_client(settings),
             namespace=settings.kube_namespace,
             owner=settings.owner,
-            clock=SystemClock(),
+            clock=build_clock(settings),
             run_history=settings.kube_run_history,
+            workspaces=frozenset(settings.kube_workspaces),
         )
-    return LocalStore(settings.state_dir, clock=SystemClock())
+    return LocalStore(settings.state_dir, clock=build_clock(settings))
 
 
 @functools.cache
@@ -142,13 +148,13 @@ def build_runner(settings: Settings) -> StepRunner:
         return KubernetesStepRunner(
             kube_client(settings),
             owner=settings.owner,
-            clock=SystemClock(),
+            clock=build_clock(settings),
             compute=compute_profiles(settings),
             stuck_grace=settings.kube_stuck_grace,
             job_ttl=settings.kube_job_ttl,
         )
     return LocalStepRunner(
-        settings.state_dir, secrets=SecretStore(settings.state_dir), clock=SystemClock()
+        settings.state_dir, secrets=SecretStore(settings.state_dir), clock=build_clock(settings)
     )
 
 
@@ -167,7 +173,7 @@ def build_elector(settings: Settings) -> LeaderElector:
         namespace=settings.kube_namespace,
         name=settings.lease_name,
         identity=identity(settings),
-        clock=SystemClock(),
+        clock=build_clock(settings),
         timings=LeaseTimings(
             lease_duration=settings.lease_duration,
             renew_deadline=settings.renew_deadline,

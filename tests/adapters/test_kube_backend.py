@@ -399,3 +399,21 @@ def test_in_a_pod_the_service_account_is_used(tmp_path: Path) -> None:
     # outside a pod (no service host), a kubeconfig is needed and its absence is explained
     with pytest.raises(TerminalError, match="no usable Kubernetes configuration"):
         load_api_client(kubeconfig=tmp_path / "missing", service_account=account, environ=environ)
+
+
+@pytest.mark.parametrize("workspace", ["kube-system", "workflow-reconciler", "elsewhere"])
+def test_workflows_never_reach_reserved_or_unlisted_namespaces(
+    kube: KubeEmulator, examples_repo: Path, workspace: str
+) -> None:
+    from dataclasses import replace
+
+    backend = backend_for(kube)
+    backend.workspaces = (
+        frozenset({"public", "finance"}) if workspace == "elsewhere" else frozenset()
+    )
+    first = desired(examples_repo)[0]
+    moved = replace(first, workspace=workspace, key=WorkflowKey(f"{workspace}/{first.name}"))
+    with pytest.raises(TerminalError, match=f"workspace '{workspace}' may not hold workflows"):
+        backend.apply_workflow(request(moved))
+    assert kube.objects("workflows") == []
+    backend.apply_workflow(request(first))  # public is fine

@@ -23,6 +23,7 @@ deterministic names make the second create a harmless 409).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -30,7 +31,7 @@ import logging
 import re
 import secrets as random_tokens
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,7 +88,7 @@ from reconciler.core.workflows import (
     WorkflowApply,
     WorkflowState,
 )
-from reconciler.ports import Clock, Event, TerminalError
+from reconciler.ports import Clock, Event, TerminalError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,13 @@ class KubernetesBackend:
         owner: str,
         clock: Clock,
         run_history: int = 100,
+        workspaces: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
-        self.run_history = (
-            run_history  # finished WorkflowRuns kept per Workflow (etcd is no archive)
-        )
+        # finished WorkflowRuns kept per Workflow (etcd is no archive)
+        self.run_history = run_history
+        # namespaces manifests may name (empty: any but the cluster's and the daemon's own)
+        self.workspaces = workspaces
         self.namespace = namespace  # the daemon's own: its state ConfigMap
         self.owner = owner
         self.clock = clock
@@ -180,7 +183,8 @@ class KubernetesBackend:
 
     def apply_workflow(self, request: WorkflowApply) -> AppliedWorkflow:
         """Server-side apply, then the status; no write when hash, path and owner match."""
-        return self._apply(request, self._get_workflow(request.desired.key))
+        with _conflict_is_transient(f"applying workflow {request.desired.key}"):
+            return self._apply(request, self._get_workflow(request.desired.key))
 
     def apply_many(
         self, requests: Sequence[WorkflowApply], *, read_back: bool = True
@@ -204,6 +208,18 @@ class KubernetesBackend:
             applied.append(result)
         return applied if read_back else []
 
+    def _check_workspace(self, workspace: str) -> None:
+        """Steps run in their workspace's namespace and may name its Secrets: a manifest must
+        not reach the cluster's own namespaces, nor the daemon's (its git credentials)."""
+        reserved = {"kube-system", "kube-public", "kube-node-lease", self.namespace}
+        if workspace in reserved or (self.workspaces and workspace not in self.workspaces):
+            allowed = ", ".join(sorted(self.workspaces)) or f"any but {', '.join(sorted(reserved))}"
+            raise TerminalError(
+                f"workspace {workspace!r} may not hold workflows here (allowed: {allowed}); "
+                "map the manifest's directory to another workspace in .reconciler.yaml, or "
+                "ask the operator to add it to kube_workspaces"
+            )
+
     def _check_owner(self, request: WorkflowApply, existing: Obj | None) -> None:
         if existing is None:
             return
@@ -218,6 +234,7 @@ class KubernetesBackend:
 
     def _apply(self, request: WorkflowApply, existing: Obj | None) -> AppliedWorkflow:
         desired = request.desired
+        self._check_workspace(desired.workspace)
         self._check_owner(request, existing)
         if existing is not None:
             current = applied_from_object(existing)
@@ -249,7 +266,8 @@ class KubernetesBackend:
                 "only its owner deletes it"
             )
         workspace, name = key.split("/", 1)
-        self.client.delete(WORKFLOWS, workspace, name, uid=str(obj["metadata"]["uid"]))
+        with _conflict_is_transient(f"deleting workflow {key}"):
+            self.client.delete(WORKFLOWS, workspace, name, uid=str(obj["metadata"]["uid"]))
         self.workflows.forget((workspace, name))
         with self._lock:
             if self._last_owned is not None:
@@ -911,8 +929,29 @@ class KubernetesBackend:
         items, _ = self.client.list(
             WORKFLOW_RUNS, label_selector=f"{MANAGED_SELECTOR},{STATE} in (pending,running)"
         )
-        items.sort(key=lambda o: (run_created_at(o), o["metadata"]["name"]))
-        return items
+        # A daemon killed between a run's status write and its label patch leaves the label
+        # behind: the status is the truth (else Forbid would wait on an ended run for ever).
+        active = []
+        for obj in items:
+            ended = (obj.get("status") or {}).get("state")
+            if ended not in FINISHED:
+                active.append(obj)
+            elif self._watching:  # the daemon puts the label right; read-only commands do not
+                self._relabel(obj, str(ended))
+        active.sort(key=lambda o: (run_created_at(o), o["metadata"]["name"]))
+        return active
+
+    def _relabel(self, obj: Obj, state: str) -> None:
+        workspace, name = str(obj["metadata"]["namespace"]), str(obj["metadata"]["name"])
+        log.info("run %s/%s ended %s but its state label lagged: corrected", workspace, name, state)
+        try:
+            self.client.merge_patch(
+                WORKFLOW_RUNS, workspace, name, {"metadata": {"labels": {STATE: state}}}
+            )
+        except NotFound:
+            return
+        workflow = str((obj.get("spec") or {}).get("workflow") or "")
+        self._refresh_active_runs(WorkflowKey(f"{workspace}/{workflow}"))
 
     def _ensure_namespace(self, workspace: str) -> None:
         if workspace in self._known_namespaces:
@@ -932,7 +971,9 @@ class KubernetesBackend:
                     },
                 )
                 log.info("created namespace %s for workspace %s", workspace, workspace)
-            except Conflict:
+            except Conflict as exc:
+                if not exc.already_exists:  # a conflict is no proof that it exists
+                    raise
                 log.debug("namespace %s was created meanwhile", workspace)
         self._known_namespaces.add(workspace)
 
@@ -962,7 +1003,9 @@ class KubernetesBackend:
                         "data": data,
                     },
                 )
-            except Conflict:  # created meanwhile by another replica: patch that one
+            except Conflict as exc:  # created meanwhile by another replica: patch that one
+                if not exc.already_exists:
+                    raise
                 self.client.merge_patch(
                     CONFIGMAPS, self.namespace, self.state_configmap, {"data": data}
                 )
@@ -1011,6 +1054,18 @@ class KubernetesBackend:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def _conflict_is_transient(what: str) -> Iterator[None]:
+    """A 409 Conflict (not AlreadyExists) on a workflow: the sync reads it again and retries,
+    this pass and the next, instead of giving up on the revision."""
+    try:
+        yield
+    except Conflict as exc:
+        if exc.already_exists:
+            raise
+        raise TransientError(f"{what}: {exc}; it is read again and retried") from exc
 
 
 def _time(value: str) -> datetime:

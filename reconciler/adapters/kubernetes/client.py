@@ -346,9 +346,12 @@ class KubeClient:
         }
         if label_selector:
             query["labelSelector"] = label_selector
-        response = self._open(
-            "GET", resource, query=query, timeout=(10.0, timeout_seconds + 30.0), stream=True
-        )
+        try:
+            response = self._open(
+                "GET", resource, query=query, timeout=(10.0, timeout_seconds + 30.0), stream=True
+            )
+        except _Retryable as fault:  # 429, 5xx, no connection: the informer tries again
+            raise TransientError(f"watch {resource.full_name}: {fault}") from fault
         try:
             buffer = b""
             for chunk in response.stream(4096, decode_content=True):
@@ -508,6 +511,9 @@ class KubeClient:
                 f"the API server does not serve {what} ({resource.api_version}): "
                 f"is its CustomResourceDefinition installed? {INSTALL_HINT}"
             )
+        if code == 409 and method == "POST" and reason != "AlreadyExists":
+            # nothing to re-read for a create (a ResourceQuota update that lost a race): retry
+            raise _Retryable(f"{code} {reason or 'Conflict'}: {message}")
         if code == 409:
             raise Conflict(f"{what} {name or ''}: {message}".strip(), reason=reason or "Conflict")
         if code == 410:

@@ -43,6 +43,7 @@ SOURCE = f"{GROUP}/source"
 PATH = f"{GROUP}/path"
 REVISION = f"{GROUP}/revision"
 SPEC_HASH = f"{GROUP}/spec-hash"
+REASON = f"{GROUP}/reason"  # why a run was created already decided (a skipped slot)
 MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
 
 Obj = dict[str, Any]
@@ -219,6 +220,8 @@ def run_object(run: Run, *, owner: str, workflow_uid: str | None) -> Obj:
         "namespace": run.workspace,
         "labels": run_labels(run, owner),
     }
+    if run.state != "pending" or run.reason:  # in the object itself: the status write that
+        metadata["annotations"] = {REASON: run.reason}  # follows may never happen (a crash)
     if workflow_uid:
         metadata["ownerReferences"] = [
             {
@@ -309,8 +312,9 @@ def run_from_object(obj: Mapping[str, Any]) -> Run:
             for step in steps
         )
     cancel = bool(spec.get("cancel"))
-    state: RunState = status.get("state") or "pending"
-    reason = str(status.get("reason") or "")
+    # Before its first status write, a run is what it was created as (label, annotation).
+    state: RunState = status.get("state") or (metadata.get("labels") or {}).get(STATE) or "pending"
+    reason = str(status.get("reason") or (metadata.get("annotations") or {}).get(REASON) or "")
     if cancel and state in ("pending", "running") and spec.get("cancelReason"):
         reason = str(spec["cancelReason"])  # as the local store: the request's reason wins
     return Run(

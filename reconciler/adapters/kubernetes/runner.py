@@ -40,7 +40,7 @@ from reconciler.adapters.kubernetes.objects import (
     WORKFLOW_RUNS,
 )
 from reconciler.core.names import RunId
-from reconciler.ports import Clock, StepLaunch, StepResult, TerminalError
+from reconciler.ports import Clock, StepLaunch, StepResult, TerminalError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,28 @@ class KubernetesStepRunner:
             if existing is not None:
                 self._on_job("MODIFIED", existing)
             return None
+        except TransientError:
+            # The answer was lost, not necessarily the create: a Job that exists is ours.
+            existing = self._job_if_reachable(run.workspace, key[1])
+            if existing is not None:
+                log.info("job %s/%s was created though its answer was lost", *key)
+                self._on_job("MODIFIED", existing)
+                return None
+            with self._lock:
+                self._awaiting.pop(key, None)
+            raise
         except BaseException:
             with self._lock:
                 self._awaiting.pop(key, None)
             raise
         self.jobs.note(created)
         return None
+
+    def _job_if_reachable(self, workspace: str, name: str) -> Obj | None:
+        try:
+            return self.client.get(JOBS, workspace, name)
+        except TransientError:
+            return None
 
     def reattach(self, workspace: str, run_id: str, step: str) -> bool:
         """Expect the result of a step started before a restart; False if its Job is gone."""

@@ -109,6 +109,15 @@ class SecretStore:
                 found[secret_id] = sorted(self._read(secret_id, entry))
         return found
 
+    def stamp(self) -> object:
+        """Changes whenever a secret is set, unset or deleted (every write replaces a file by
+        renaming a new one over it): for readers that cache the values."""
+        try:
+            entries = sorted((entry.name, entry.inode()) for entry in os.scandir(self._dir))
+            return (self._dir.stat().st_mtime_ns, tuple(entries))
+        except OSError:
+            return None
+
     def _path(self, secret_id: str) -> Path:
         problem = check_label(secret_id, what="secret id")
         if problem is not None:

@@ -1,0 +1,1 @@
+"""Reliability and security tests: races, hostile input, secrets."""
