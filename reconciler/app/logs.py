@@ -88,10 +88,15 @@ class TextFormatter(logging.Formatter):
 
 
 def _clean(value: Any, redact: Callable[[str], str]) -> Any:
+    """A field as JSON: mappings and lists stay structured, every string redacted."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
+    if isinstance(value, dict):
+        return {redact(str(k)): _clean(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, redact) for v in value]
     return redact(str(value))
 
 

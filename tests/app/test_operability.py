@@ -430,7 +430,11 @@ def test_json_logs_carry_context_and_never_a_secret() -> None:
         logger = logging.getLogger("reconciler.test")
         with log_context(workflow="public/a", run="a-m1"):
             logger.info("step %s done with %s", "s1", canary, extra={"step": "s1"})
-        logger.warning("token ghp_%s", "a" * 36, extra={"detail": f"value={canary}"})
+        logger.warning(
+            "token ghp_%s",
+            "a" * 36,
+            extra={"detail": f"value={canary}", "summary": {"create": 2, "why": [canary]}},
+        )
         try:
             raise RuntimeError(f"boom {canary}")
         except RuntimeError:
@@ -445,6 +449,7 @@ def test_json_logs_carry_context_and_never_a_secret() -> None:
     assert "ghp_aaaa" not in stream.getvalue()
     assert "[REDACTED]" in lines[0]["message"]
     assert "[REDACTED]" in lines[1]["detail"]
+    assert lines[1]["summary"] == {"create": 2, "why": ["[REDACTED]"]}  # structured, redacted
     assert "boom [REDACTED]" in lines[2]["exception"]
 
 
