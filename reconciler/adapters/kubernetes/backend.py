@@ -66,6 +66,7 @@ from reconciler.adapters.kubernetes.objects import (
     ledger_from_status,
     ledger_status,
     manifest_of,
+    required_time,
     run_created_at,
     run_finished_at,
     run_from_object,
@@ -415,8 +416,8 @@ class KubernetesBackend:
             return None
         data = json.loads(text)
         return SyncRecord(
-            started_at=_time(data["started_at"]),
-            finished_at=_time(data["finished_at"]),
+            started_at=required_time(data["started_at"], "sync record started_at"),
+            finished_at=required_time(data["finished_at"], "sync record finished_at"),
             revision=data.get("revision"),
             result=data["result"],
             summary=data.get("summary") or {},
@@ -744,7 +745,9 @@ class KubernetesBackend:
             involved = item.get("involvedObject") or {}
             events.append(
                 Event(
-                    at=_time(str(item.get("eventTime") or item.get("lastTimestamp"))),
+                    at=required_time(
+                        item.get("eventTime") or item.get("lastTimestamp"), "event time"
+                    ),
                     key=(
                         f"{item['metadata']['namespace']}/{labels[WORKFLOW]}"
                         if WORKFLOW in labels
@@ -1066,11 +1069,6 @@ def _conflict_is_transient(what: str) -> Iterator[None]:
         if exc.already_exists:
             raise
         raise TransientError(f"{what}: {exc}; it is read again and retried") from exc
-
-
-def _time(value: str) -> datetime:
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
-    return datetime.fromisoformat(text)
 
 
 def _data_key(key: str) -> str:

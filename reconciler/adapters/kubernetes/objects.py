@@ -67,7 +67,7 @@ def from_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def _required_time(value: Any, what: str) -> datetime:
+def required_time(value: Any, what: str) -> datetime:
     parsed = from_time(value)
     if parsed is None:
         raise ValueError(f"{what} is missing")
@@ -126,7 +126,7 @@ def applied_from_object(obj: Mapping[str, Any]) -> AppliedWorkflow:
     annotations = metadata.get("annotations") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
-    created = _required_time(metadata.get("creationTimestamp"), "creationTimestamp")
+    created = required_time(metadata.get("creationTimestamp"), "creationTimestamp")
     state: WorkflowState = status.get("state") or "creating"
     return AppliedWorkflow(
         key=workflow_key(obj),
@@ -289,7 +289,7 @@ def run_from_object(obj: Mapping[str, Any]) -> Run:
         revision=Revision(str(spec.get("revision") or "")),
         spec=manifest,
         spec_hash=str(spec.get("specHash") or ""),
-        now=_required_time(
+        now=required_time(
             spec.get("createdAt") or metadata.get("creationTimestamp"), "spec.createdAt"
         ),
         slot=from_time(spec.get("slot")),
@@ -340,7 +340,7 @@ def run_from_object(obj: Mapping[str, Any]) -> Run:
 def run_created_at(obj: Mapping[str, Any]) -> datetime:
     spec = obj.get("spec") or {}
     metadata = obj.get("metadata") or {}
-    return _required_time(
+    return required_time(
         spec.get("createdAt") or metadata.get("creationTimestamp"), "spec.createdAt"
     )
 
