@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from reconciler.core.fastyaml import load_plain
 from reconciler.core.manifests import Workflow
 from reconciler.core.names import WorkflowKey, workflow_key
 from reconciler.core.problems import Finding, Loc, Problem, render_loc
@@ -71,8 +72,17 @@ def load_manifest_file(
     max_bytes: int = 1 << 20,
 ) -> FileLoad:
     """Parse, substitute and validate every document of one manifest file."""
+    limits = YamlLimits(max_bytes=max_bytes)
+    # Fast path: the common valid one-document file, parsed by yaml_rs. Any file it
+    # cannot vouch for, and any file with a problem, takes the slow path below, which
+    # places every problem at its line.
+    plain = load_plain(data, limits=limits)
+    if plain is not None:
+        found = _plain_workflow(path, data, plain, workspace=workspace, variables=variables)
+        if found is not None:
+            return FileLoad(path, (found,))
     try:
-        loaded = load_documents(data, limits=YamlLimits(max_bytes=max_bytes))
+        loaded = load_documents(data, limits=limits)
     except YamlLoadError as exc:
         return FileLoad(path, errors=(_load_problem(path, exc),))
     notes = tuple(
@@ -103,6 +113,34 @@ def load_manifest_file(
     return FileLoad(path, tuple(workflows), tuple(errors), notes)
 
 
+def _plain_workflow(
+    path: str,
+    data: bytes,
+    plain: tuple[object, int],
+    *,
+    workspace: str,
+    variables: Mapping[str, str],
+) -> LoadedWorkflow | None:
+    """The workflow of a file read by the fast path; ``None`` if it has any problem."""
+    document, line = plain
+    manifest, findings = validate_data(
+        document,
+        variables,
+        substitute=b"$" in data,
+        check_nul=b"\\" in data or any("\0" in value for value in variables.values()),
+    )
+    if manifest is None or findings:
+        return None
+    return LoadedWorkflow(
+        key=workflow_key(workspace, manifest.name),
+        workspace=workspace,
+        path=path,
+        document=0,
+        line=line,
+        manifest=manifest,
+    )
+
+
 def _load_problem(path: str, exc: YamlLoadError) -> Problem:
     """The file could not be loaded; where, or line 1 when YAML could not say (every
     problem has a FILE:LINE)."""
@@ -123,12 +161,22 @@ def validate_document(
     ``substitute=False`` skips the ``${NAME}`` pass (the file holds no ``$``);
     ``check_nul=False`` the search for NUL characters (the file holds no escape).
     """
-    if not isinstance(document.data, dict):
-        kind = type(document.data).__name__
+    return validate_data(document.data, variables, substitute=substitute, check_nul=check_nul)
+
+
+def validate_data(
+    data: object,
+    variables: Mapping[str, str],
+    *,
+    substitute: bool = True,
+    check_nul: bool = True,
+) -> tuple[Workflow | None, list[Finding]]:
+    """:func:`validate_document` for a document's data alone."""
+    if not isinstance(data, dict):
+        kind = type(data).__name__
         return None, [
             Finding((), f"a manifest is a mapping with version, name, type and spec, not a {kind}")
         ]
-    data = document.data
     if substitute:
         data, findings = substitute_variables(data, variables)
         if findings:
