@@ -125,8 +125,13 @@ def slot_run_id(name: str, slot: datetime) -> str:
 
     63 characters at most (a DNS-1123 label) for names of up to 48 characters.
     """
+    return f"{name}-{_slot_suffix(slot)}".lower()
+
+
+@functools.lru_cache(maxsize=1024)  # the runs of one slot share it (no strftime per run)
+def _slot_suffix(slot: datetime) -> str:
     _require_aware(slot, "slot")
-    return f"{name}-{slot.astimezone(UTC):%Y%m%dt%H%Mz}".lower()
+    return f"{slot.astimezone(UTC):%Y%m%dt%H%Mz}"
 
 
 def manual_run_id(name: str, token: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -123,3 +124,16 @@ def test_active_run_flags(store: LocalStore) -> None:
     store.save_run(ended)
     assert store.request_cancel("public", "wf-2", reason="stop")
     assert store.active_run_flags() == {("public", "wf-1"): False, ("public", "wf-2"): True}
+
+
+def test_existing_runs_are_found_in_every_workspace(store: LocalStore) -> None:
+    """Many runs, two workspaces, one run id in both: each existing one is left alone."""
+    old = [make_run(f"wf-{i}") for i in range(0, 1200, 2)]
+    store.create_runs([*old, replace(make_run("wf-1"), workspace="team-a")])
+    runs = [make_run(f"wf-{i}") for i in range(1200)]
+    runs += [replace(run, workspace="team-a") for run in runs[:3]]
+    created = store.create_runs(runs)
+    assert created[:1200] == [i % 2 == 1 for i in range(1200)]
+    assert created[1200:] == [True, False, True]
+    assert store.get_run("team-a", "wf-1") is not None
+    assert len(store.active_run_flags()) == 1200 + 3

@@ -98,7 +98,7 @@ class RunsMixin:
                     "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                     "last_slot = excluded.last_slot, schedule_hash = excluded.schedule_hash, "
                     "updated_at = excluded.updated_at",
-                    [(key, to_text(v.last_slot), v.schedule_hash, now) for key, v in ledgers],
+                    [(key, _maybe_text(v.last_slot), v.schedule_hash, now) for key, v in ledgers],
                 )
                 txn.wrote = True
             for event in events:
@@ -107,21 +107,28 @@ class RunsMixin:
 
     @staticmethod
     def _existing_runs(txn: Transaction, runs: Sequence[Run]) -> set[tuple[str, str]]:
+        # One workspace and a list of run ids per query: SQLite searches the primary key
+        # for each. (A row-value "(workspace, run_id) IN (VALUES ...)" scanned the whole
+        # table once per chunk, slower with every run stored.)
+        by_workspace: dict[str, list[str]] = {}
+        for run in runs:
+            by_workspace.setdefault(run.workspace, []).append(run.run_id)
         existing: set[tuple[str, str]] = set()
-        idents = [(run.workspace, run.run_id) for run in runs]
-        for start in range(0, len(idents), 400):
-            chunk = idents[start : start + 400]
-            rows = txn.conn.execute(
-                "SELECT workspace, run_id FROM runs WHERE (workspace, run_id) IN "
-                f"(VALUES {', '.join('(?, ?)' for _ in chunk)})",
-                [value for ident in chunk for value in ident],
-            ).fetchall()
-            existing.update((row[0], row[1]) for row in rows)
+        for workspace, run_ids in by_workspace.items():
+            for start in range(0, len(run_ids), 500):
+                chunk = run_ids[start : start + 500]
+                rows = txn.conn.execute(
+                    "SELECT run_id FROM runs WHERE workspace = ? AND run_id IN "
+                    f"({', '.join('?' for _ in chunk)})",
+                    [workspace, *chunk],
+                ).fetchall()
+                existing.update((workspace, row[0]) for row in rows)
         return existing
 
     def get_ledgers(self, keys: Sequence[WorkflowKey]) -> dict[WorkflowKey, Ledger]:
         """The ledgers of many workflows in one go (absent keys have none)."""
         found: dict[WorkflowKey, Ledger] = {}
+        parsed: dict[tuple[str, str], Ledger] = {}
         with self._lock, self._sqlite_errors("read schedule ledgers"):
             for start in range(0, len(keys), 500):
                 chunk = [str(k) for k in keys[start : start + 500]]
@@ -130,11 +137,13 @@ class RunsMixin:
                     f"({', '.join('?' for _ in chunk)})",
                     chunk,
                 ).fetchall()
-                for row in rows:
-                    found[WorkflowKey(row["key"])] = Ledger(
-                        from_text(row["last_slot"], what=f"ledger of {row['key']}"),
-                        row["schedule_hash"],
-                    )
+                for key, last_slot, digest in rows:
+                    # Workflows on one schedule share their ledger: parse each once.
+                    ledger = parsed.get((last_slot, digest))
+                    if ledger is None:
+                        ledger = Ledger(from_text(last_slot, what=f"ledger of {key}"), digest)
+                        parsed[last_slot, digest] = ledger
+                    found[WorkflowKey(key)] = ledger
         return found
 
     # -- updating -----------------------------------------------------------
@@ -397,7 +406,7 @@ class RunsMixin:
             run.state,
             run.reason,
             int(run.cancel_requested),
-            to_text(run.created_at),
+            _maybe_text(run.created_at),  # cached: the runs of one round share it
             _maybe_text(run.started_at),
             _maybe_text(run.finished_at),
         )
@@ -409,7 +418,7 @@ class RunsMixin:
             run.run_id,
             position,
             step.name,
-            dump_json(list(step.depends), what="step depends"),
+            _depends_json(step.depends),
             step.state,
             _maybe_text(step.started_at),
             _maybe_text(step.finished_at),
@@ -470,6 +479,11 @@ def _steps_named(run: Run, names: Sequence[str]) -> list[StepRun]:
         except KeyError:
             continue
     return found
+
+
+@functools.lru_cache(maxsize=1024)  # DAGs repeat their shapes (no dump_json per step)
+def _depends_json(depends: tuple[str, ...]) -> str:
+    return dump_json(list(depends), what="step depends")
 
 
 @functools.lru_cache(maxsize=256)  # a run's start time is written with each of its steps
