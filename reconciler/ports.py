@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from reconciler.core.names import Revision, RunId, WorkflowKey
 from reconciler.core.problems import Problem
@@ -281,6 +281,16 @@ class RunBackend(Backend, Protocol):
     def set_suspended(self, key: WorkflowKey, suspended: bool) -> AppliedWorkflow: ...
 
     def set_state(self, key: WorkflowKey, state: WorkflowState) -> AppliedWorkflow: ...
+
+    def workflow_specs(
+        self, keys: Sequence[WorkflowKey]
+    ) -> dict[WorkflowKey, tuple[str, Mapping[str, Any]]]:
+        """The spec hash and spec of each of these workflows that exists (not deleted).
+
+        In one read: the scheduler copies the specs into the runs of a busy
+        minute, and keeps none of them in memory in between.
+        """
+        ...
 
     def create_runs(
         self,

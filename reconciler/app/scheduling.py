@@ -7,6 +7,10 @@ is applied against the runs active now, and the runs and the new ledger are
 stored in one transaction. Run ids come from the slot, so a second
 scheduler, a retry or a restart that decides the same slot again creates
 nothing. Suspended workflows are not scheduled; resuming starts from now.
+
+The scheduler keeps a workflow's schedule and a few fields, not its spec: the
+runs of a round copy their specs from one read of the backend, and a workflow
+whose spec changed since the last refresh is decided again after the next.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from reconciler.core.names import RunId, WorkflowKey
-from reconciler.core.runs import Run, new_run, skipped_run
+from reconciler.core.names import Revision, RunId, WorkflowKey
+from reconciler.core.runs import Run, StepRun, initial_steps, new_run, skipped_run
 from reconciler.core.slots import (
     CatchUpPolicy,
     Ledger,
@@ -34,6 +39,7 @@ from reconciler.ports import Clock, RunBackend
 
 log = logging.getLogger(__name__)
 MAX_SLEEP = timedelta(seconds=30)  # re-check at least this often (clock jumps, changes)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,29 @@ class Decided:
     created: tuple[Run, ...]
     skipped: tuple[Run, ...]
     lags: tuple[float, ...]  # seconds between each created run's slot and its creation
+
+
+_Schedule = tuple[tuple[str, ...], str]  # (crons, time zone)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scheduled:
+    """What the scheduler keeps of a scheduled workflow: its schedule and what its runs name.
+
+    Not its spec (10,000 decoded specs weigh over 100 MB): a run gets it from the
+    backend when it is created (``workflow_specs``), checked against ``spec_hash``,
+    the spec that ``schedule``, ``policy`` and ``steps`` were read from.
+    """
+
+    key: WorkflowKey
+    workspace: str
+    name: str
+    revision: Revision
+    spec_hash: str
+    created_at: datetime
+    schedule: _Schedule  # one object per distinct schedule
+    policy: str  # concurrencyPolicy: Allow, Forbid or Replace
+    steps: tuple[StepRun, ...]  # a new run's steps; one object per distinct DAG shape
 
 
 class Scheduler:
@@ -59,7 +88,7 @@ class Scheduler:
         self.policy = policy
         self.on_created = on_created
         self._heap: list[tuple[datetime, str]] = []
-        self._workflows: dict[WorkflowKey, AppliedWorkflow] = {}
+        self._workflows: dict[WorkflowKey, _Scheduled] = {}
         self._stamp: str | None = None
         self._lock = threading.Lock()  # refresh() comes from the sync loop, tick() from ours
 
@@ -70,11 +99,30 @@ class Scheduler:
 
     def _refresh(self) -> None:
         self._stamp = self.backend.workflows_stamp()
-        self._workflows = {
-            w.key: w
-            for w in self.backend.all_workflows()
-            if w.spec["spec"].get("schedule") and not w.suspended
-        }
+        shared: dict[Any, Any] = {}  # equal schedules, step lists, revisions: kept once
+        previous = self._workflows
+        scheduled: dict[WorkflowKey, _Scheduled] = {}
+        for workflow in self.backend.all_workflows():
+            schedule = workflow.spec["spec"].get("schedule")
+            if not schedule or workflow.suspended:
+                continue
+            known = previous.get(workflow.key)
+            if known is not None and known.spec_hash == workflow.spec_hash:
+                steps = known.steps  # the same spec: no DAG to order again
+            else:
+                steps = initial_steps(workflow.spec)
+            scheduled[workflow.key] = _Scheduled(
+                key=workflow.key,
+                workspace=_once(shared, workflow.workspace),
+                name=workflow.name,
+                revision=_once(shared, workflow.revision),
+                spec_hash=workflow.spec_hash,
+                created_at=workflow.created_at,
+                schedule=_once(shared, (tuple(schedule["crons"]), str(schedule["timezone"]))),
+                policy=_once(shared, str(schedule.get("concurrencyPolicy", "Allow"))),
+                steps=_once(shared, steps),
+            )
+        self._workflows = scheduled
         now = self.clock.now()
         # Everything is due once now: decide() catches up or starts the ledger.
         self._heap = [(now, key) for key in sorted(self._workflows)]
@@ -91,7 +139,7 @@ class Scheduler:
         if self.backend.workflows_stamp() != self._stamp:
             self._refresh()
         now = self.clock.now()
-        due: list[AppliedWorkflow] = []
+        due: list[_Scheduled] = []
         while self._heap and self._heap[0][0] <= now:
             _, key = heapq.heappop(self._heap)
             workflow = self._workflows.get(WorkflowKey(key))
@@ -99,54 +147,67 @@ class Scheduler:
                 due.append(workflow)
         decided = self._schedule(due, now) if due else Decided((), (), ())
         # Thousands of workflows share a few schedules: compute each schedule's next slot once.
-        upcoming: dict[tuple[tuple[str, ...], str], datetime | None] = {}
+        upcoming: dict[_Schedule, datetime | None] = {}
         for workflow in due:
-            schedule = workflow.spec["spec"]["schedule"]
-            which = (tuple(schedule["crons"]), schedule["timezone"])
+            which = workflow.schedule
             if which not in upcoming:
                 following = next_fire_times(which[0], which[1], after=now, count=1)
                 upcoming[which] = following[0] if following else None
             slot = upcoming[which]
             if slot is not None:
                 heapq.heappush(self._heap, (slot, workflow.key))
+        if self._stamp is None:  # a workflow changed under this round: reload, decide again
+            return decided, 0.0
         if not self._heap:
             return decided, MAX_SLEEP.total_seconds()
         wait = min(self._heap[0][0] - self.clock.now(), MAX_SLEEP).total_seconds()
         return decided, max(0.0, wait)
 
-    def _schedule(self, due: list[AppliedWorkflow], now: datetime) -> Decided:
+    def _schedule(self, due: list[_Scheduled], now: datetime) -> Decided:
         active: dict[str, list[Run]] = {}
-        if any(_policy(w) != "Allow" for w in due):  # only Forbid and Replace look at them
+        if any(w.policy != "Allow" for w in due):  # only Forbid and Replace look at them
             for run in self.backend.active_runs():
                 active.setdefault(run.key, []).append(run)
         # decide() is pure and workflows share schedules and ledgers: decide each once.
         decisions: dict[tuple[object, ...], ScheduleDecision] = {}
+        decided: list[tuple[_Scheduled, ScheduleDecision]] = []
+        stored_ledgers = self.backend.get_ledgers([w.key for w in due])  # one read, not one each
+        for workflow in due:
+            ledger = stored_ledgers.get(workflow.key)
+            crons, timezone = workflow.schedule
+            start = workflow.created_at
+            # The ledger's fields, not the Ledger: a dataclass hashes in Python, per workflow.
+            which: tuple[object, ...] = (workflow.schedule, start)
+            if ledger is not None:
+                which = (workflow.schedule, ledger.last_slot, ledger.schedule_hash)
+            decision = decisions.get(which)
+            if decision is None:
+                decision = decide(
+                    crons, timezone, ledger=ledger, now=now, start=start, policy=self.policy
+                )
+                decisions[which] = decision
+            decided.append((workflow, decision))
+        # A run carries its workflow's spec: one read for every workflow with slots to store.
+        specs = self.backend.workflow_specs([w.key for w, d in decided if d.run or d.missed])
         created: list[Run] = []
         skipped: list[Run] = []
         ledgers: list[tuple[WorkflowKey, Ledger]] = []
         events: list[tuple[str, str | None, str, str]] = []
-        stored_ledgers = self.backend.get_ledgers([w.key for w in due])  # one read, not one each
-        for workflow in due:
-            schedule = workflow.spec["spec"]["schedule"]
-            ledger = stored_ledgers.get(workflow.key)
-            crons = tuple(schedule["crons"])
-            start = workflow.created_at
-            which = (crons, schedule["timezone"], ledger, start if ledger is None else None)
-            decision = decisions.get(which)
-            if decision is None:
-                decision = decide(
-                    crons,
-                    schedule["timezone"],
-                    ledger=ledger,
-                    now=now,
-                    start=start,
-                    policy=self.policy,
-                )
-                decisions[which] = decision
+        for workflow, decision in decided:
+            spec: Mapping[str, Any] = {}
+            if decision.run or decision.missed:
+                stored = specs.get(workflow.key)
+                if stored is None or stored[0] != workflow.spec_hash:
+                    # Changed or deleted since the last refresh: its ledger stays, and it
+                    # is decided again, with what is stored now, right after a refresh.
+                    log.info("workflow %s changed while being scheduled: reloading", workflow.key)
+                    self._stamp = None
+                    continue
+                spec = stored[1]
             ledgers.append((workflow.key, decision.ledger))
             for slot in decision.missed:
                 run = skipped_run(
-                    self._run_for(workflow, slot, now),
+                    self._run_for(workflow, spec, slot, now),
                     reason=f"missed: the scheduler was not running at this slot "
                     f"(catch-up policy {self.policy.mode})",
                 )
@@ -161,15 +222,14 @@ class Scheduler:
                     )
                 )
             running = active.get(workflow.key, [])
-            policy = _policy(workflow)
             for slot in decision.run:
-                run = self._run_for(workflow, slot, now)
-                if running and policy == "Forbid":
+                run = self._run_for(workflow, spec, slot, now)
+                if running and workflow.policy == "Forbid":
                     reason = f"Forbid: run {running[0].run_id} is still active"
                     skipped.append(skipped_run(run, reason=reason))
                     events.append((workflow.key, run.run_id, "SlotSkipped", reason))
                     continue
-                if running and policy == "Replace":
+                if running and workflow.policy == "Replace":
                     for old in running:
                         reason = f"replaced by run {run.run_id}"
                         self.backend.request_cancel(old.workspace, old.run_id, reason=reason)
@@ -186,7 +246,9 @@ class Scheduler:
         return Decided(new_runs, tuple(r for r in fresh if r.state == "skipped"), lags)
 
     @staticmethod
-    def _run_for(workflow: AppliedWorkflow, slot: datetime, now: datetime) -> Run:
+    def _run_for(
+        workflow: _Scheduled, spec: Mapping[str, Any], slot: datetime, now: datetime
+    ) -> Run:
         return new_run(
             workspace=workflow.workspace,
             run_id=RunId(slot_run_id(workflow.name, slot)),
@@ -194,15 +256,18 @@ class Scheduler:
             trigger="schedule",
             requested_by="scheduler",
             revision=workflow.revision,
-            spec=workflow.spec,
+            spec=spec,
             spec_hash=workflow.spec_hash,
             now=now,
             slot=slot,
+            steps=workflow.steps,
         )
 
 
-def _policy(workflow: AppliedWorkflow) -> str:
-    return str(workflow.spec["spec"]["schedule"].get("concurrencyPolicy", "Allow"))
+def _once(shared: dict[Any, Any], value: _T) -> _T:
+    """``value``, or an equal one met before: equal values share one object."""
+    found: _T = shared.setdefault(value, value)
+    return found
 
 
 def resume_from_now(backend: RunBackend, workflow: AppliedWorkflow, *, now: datetime) -> None:

@@ -141,11 +141,15 @@ def new_run(
     spec_hash: str,
     now: datetime,
     slot: datetime | None = None,
+    steps: tuple[StepRun, ...] | None = None,
 ) -> Run:
-    """A pending run with a pending step per DAG node, in a dependency-respecting order."""
-    dag = spec["spec"]["dag"]
-    depends = {str(s["name"]): tuple(str(d) for d in s.get("depends") or ()) for s in dag}
-    steps = tuple(StepRun(name, depends[name]) for name in topological_order(depends))
+    """A pending run with a pending step per DAG node, in a dependency-respecting order.
+
+    ``steps``: ``initial_steps(spec)`` when the caller has it already (the
+    scheduler creates many runs of one spec), else it is computed here.
+    """
+    if steps is None:
+        steps = initial_steps(spec)
     return Run(
         workspace=workspace,
         run_id=run_id,
@@ -159,6 +163,13 @@ def new_run(
         slot=slot,
         steps=steps,
     )
+
+
+def initial_steps(spec: Mapping[str, Any]) -> tuple[StepRun, ...]:
+    """A new run's steps: one pending step per DAG node, in a dependency-respecting order."""
+    dag = spec["spec"]["dag"]
+    depends = {str(s["name"]): tuple(str(d) for d in s.get("depends") or ()) for s in dag}
+    return tuple(StepRun(name, depends[name]) for name in topological_order(depends))
 
 
 def skipped_run(run: Run, *, reason: str) -> Run:

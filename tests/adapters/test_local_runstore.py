@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.adapters.local.runstore import StoredSpec
 from reconciler.adapters.local.store import LocalStore
 from reconciler.core.names import Revision, RunId
 from reconciler.core.runs import Run, new_run, start_run, step_finished, step_started
@@ -137,3 +140,23 @@ def test_existing_runs_are_found_in_every_workspace(store: LocalStore) -> None:
     assert created[1200:] == [True, False, True]
     assert store.get_run("team-a", "wf-1") is not None
     assert len(store.active_run_flags()) == 1200 + 3
+
+
+def test_a_stored_spec_is_written_back_as_it_is(store: LocalStore) -> None:
+    text = '{"spec":{"dag":[{"name":"a"},{"depends":["a"],"name":"b"}]},"x":"é"}'
+    spec = StoredSpec(text, what="a spec")
+    assert spec == json.loads(text)
+    assert dict(spec) == json.loads(text)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    run = replace(make_run(), spec=spec)
+    assert store.create_runs([run]) == [True]
+    (stored_text,) = store._conn.execute("SELECT spec_json FROM runs").fetchone()
+    assert stored_text == text
+    assert store.get_run("public", "wf-1") == run
+
+
+def test_a_stored_spec_that_is_no_json_object_is_an_error() -> None:
+    with pytest.raises(TerminalError, match="not valid JSON"):
+        dict(StoredSpec("{", what="spec of workflow public/wf"))
+    with pytest.raises(TerminalError, match="spec of workflow public/wf is not a JSON object"):
+        len(StoredSpec("[1]", what="spec of workflow public/wf"))

@@ -322,3 +322,59 @@ def test_suspend_from_another_process_is_seen_at_the_next_tick(
     clock.advance(minutes=3)
     scheduler.tick()
     assert [r for r, _ in slots_of(store, "public/paused-later")] == ["paused-later-20261128t1200z"]
+
+
+def test_a_workflow_changed_during_a_round_is_decided_again_with_its_new_spec(
+    store: LocalStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec changes after the round read the stamp: no run of the old spec, no lost slot."""
+    apply(store, manifest("changing", script="echo old"))
+    scheduler = Scheduler(store, clock=clock)
+    scheduler.refresh()
+    scheduler.tick()  # 11:59:30: the ledger starts
+    ledger = store.get_ledger("public/changing")  # type: ignore[arg-type]
+    stale = store.workflows_stamp()
+    monkeypatch.setattr(store, "workflows_stamp", lambda: stale)  # the change comes too late
+    apply(store, manifest("changing", script="echo new"))
+    clock.advance(minutes=1)  # 12:00:30
+    decided, wait = scheduler.tick()
+    assert decided.created == ()
+    assert wait == 0.0  # at once: reload and decide again
+    assert slots_of(store, "public/changing") == []
+    assert store.get_ledger("public/changing") == ledger  # type: ignore[arg-type]
+    decided, _ = scheduler.tick()
+    assert [run.run_id for run in decided.created] == ["changing-20261128t1200z"]
+    run = store.get_run("public", "changing-20261128t1200z")
+    workflow = store.get_workflow("public/changing")  # type: ignore[arg-type]
+    assert run is not None
+    assert workflow is not None
+    assert (run.spec, run.spec_hash) == (workflow.spec, workflow.spec_hash)
+    assert "echo new" in str(run.spec)
+
+
+def test_each_run_gets_its_own_workflow_spec_and_steps(store: LocalStore, clock: FakeClock) -> None:
+    """Workflows share schedules and DAG shapes in the scheduler: not specs or steps."""
+    apply(store, manifest("one", script="echo one"))
+    apply(store, manifest("two", script="echo two"))
+    apply(
+        store,
+        manifest("three", script="echo three")
+        .replace(
+            "  dag:\n",
+            "  dag:\n    - name: first\n      spec: {stack: container, stackSpec: {image: a}}\n",
+        )
+        .replace("    - name: main\n", "    - name: main\n      depends: [first]\n"),
+    )
+    scheduler = Scheduler(store, clock=clock)
+    scheduler.refresh()
+    clock.advance(minutes=1)
+    decided, _ = scheduler.tick()
+    assert len(decided.created) == 3
+    for name in ("one", "two", "three"):
+        run = store.get_run("public", f"{name}-20261128t1200z")
+        workflow = store.get_workflow(f"public/{name}")  # type: ignore[arg-type]
+        assert run is not None
+        assert workflow is not None
+        assert (run.spec, run.spec_hash) == (workflow.spec, workflow.spec_hash)
+        expected = [("first", ()), ("main", ("first",))] if name == "three" else [("main", ())]
+        assert [(step.name, step.depends) for step in run.steps] == expected

@@ -157,6 +157,33 @@ def test_a_run_is_kept_field_for_field(
     assert stored(backend, later) == later
 
 
+def test_workflow_specs_of_the_workflows_that_exist(
+    backend: RunBackend, nightly: DesiredWorkflow, elsewhere: DesiredWorkflow
+) -> None:
+    assert backend.workflow_specs([]) == {}
+    specs = backend.workflow_specs([nightly.key, key("never"), elsewhere.key])
+    assert specs.keys() == {nightly.key, elsewhere.key}
+    spec_hash, spec = specs[nightly.key]
+    assert spec_hash == nightly.spec_hash
+    assert spec == nightly.spec
+    assert json.loads(json.dumps(spec, default=dict)) == json.loads(json.dumps(nightly.spec))
+    backend.delete_workflow(nightly.key, owner=OWNER)
+    assert backend.workflow_specs([nightly.key, elsewhere.key]).keys() == {elsewhere.key}
+
+
+def test_a_run_made_from_workflow_specs_is_kept(
+    backend: RunBackend, nightly: DesiredWorkflow
+) -> None:
+    """The scheduler copies what ``workflow_specs`` gives into its runs, as it is."""
+    ((spec_hash, spec),) = backend.workflow_specs([nightly.key]).values()
+    run = replace(make_run(nightly, slot=SLOT), spec=spec, spec_hash=spec_hash)
+    missed = skipped_run(replace(run, run_id=f"{run.run_id}-x"), reason="missed")
+    assert backend.create_runs([run, missed]) == [True, True]
+    assert stored(backend, run) == run
+    assert stored(backend, run).spec == nightly.spec
+    assert stored(backend, missed) == missed
+
+
 def test_times_keep_their_microseconds_and_come_back_in_utc(
     backend: RunBackend, nightly: DesiredWorkflow
 ) -> None:

@@ -445,6 +445,21 @@ class KubernetesBackend:
         parts = sorted(_stamp_part(obj) for obj in self._managed())
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
+    def workflow_specs(
+        self, keys: Sequence[WorkflowKey]
+    ) -> dict[WorkflowKey, tuple[str, Mapping[str, Any]]]:
+        """From the watch's cache while watching (no request), else one list."""
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        specs: dict[WorkflowKey, tuple[str, Mapping[str, Any]]] = {}
+        for obj in self._managed():
+            key = workflow_key(obj)
+            if key in wanted:
+                annotations = obj["metadata"].get("annotations") or {}
+                specs[key] = (str(annotations.get(SPEC_HASH) or ""), manifest_of(obj))
+        return specs
+
     def create_runs(
         self,
         runs: Sequence[Run],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -32,6 +32,43 @@ _STEP_COLUMNS = (
     "workspace, run_id, position, name, depends_json, state, started_at, finished_at, "
     "exit_code, reason, pid"
 )
+
+
+class StoredSpec(Mapping[str, Any]):
+    """A workflow's spec as the store holds it (its JSON text), decoded on first use.
+
+    The scheduler copies a workflow's spec into each run it creates, thousands
+    in a busy minute: handed the text back, ``create_runs`` stores it as it is
+    (the slow path it replaces: ``load_json`` of every spec when it is read,
+    then ``dump_json`` of it again for every run).
+    """
+
+    __slots__ = ("_decoded", "_what", "text")
+
+    def __init__(self, text: str, *, what: str) -> None:
+        self.text = text
+        self._what = what
+        self._decoded: Mapping[str, Any] | None = None
+
+    def _spec(self) -> Mapping[str, Any]:
+        if self._decoded is None:
+            decoded = load_json(self.text, what=self._what)
+            if not isinstance(decoded, dict):
+                raise TerminalError(f"{self._what} is not a JSON object")
+            self._decoded = decoded
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._spec()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._spec())
+
+    def __len__(self) -> int:
+        return len(self._spec())
+
+    def __repr__(self) -> str:
+        return f"StoredSpec({self.text!r})"
 
 
 class RunsMixin:
@@ -124,6 +161,27 @@ class RunsMixin:
                 ).fetchall()
                 existing.update((workspace, row[0]) for row in rows)
         return existing
+
+    def workflow_specs(
+        self, keys: Sequence[WorkflowKey]
+    ) -> dict[WorkflowKey, tuple[str, Mapping[str, Any]]]:
+        """The spec hash and spec of each of these workflows that is not deleted.
+
+        The specs are ``StoredSpec``: their text, decoded only when read.
+        """
+        found: dict[WorkflowKey, tuple[str, Mapping[str, Any]]] = {}
+        with self._lock, self._sqlite_errors("read workflow specs"):
+            for start in range(0, len(keys), 500):
+                chunk = [str(k) for k in keys[start : start + 500]]
+                rows = self._conn.execute(
+                    "SELECT key, spec_hash, spec_json FROM workflows WHERE state != 'deleted' "
+                    f"AND key IN ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                ).fetchall()
+                for key, spec_hash, spec_json in rows:
+                    spec = StoredSpec(spec_json, what=f"spec of workflow {key}")
+                    found[WorkflowKey(key)] = (spec_hash, spec)
+        return found
 
     def get_ledgers(self, keys: Sequence[WorkflowKey]) -> dict[WorkflowKey, Ledger]:
         """The ledgers of many workflows in one go (absent keys have none)."""
@@ -387,7 +445,10 @@ class RunsMixin:
 
     @staticmethod
     def _run_values(run: Run, *, specs: dict[int, str] | None = None) -> tuple[Any, ...]:
-        spec_json = None if specs is None else specs.get(id(run.spec))
+        if isinstance(run.spec, StoredSpec):  # read from this store: its text as it is
+            spec_json: str | None = run.spec.text
+        else:
+            spec_json = None if specs is None else specs.get(id(run.spec))
         if spec_json is None:
             spec_json = dump_json(run.spec, what=f"spec of run {run.run_id}")
             if specs is not None:
