@@ -21,7 +21,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -1042,7 +1042,9 @@ def _next_runs(
                 f"{file} holds no valid workflow; fix the errors above (reconciler validate {file})"
             )
         manifest = result.workflows[0].manifest
-        spec = DesiredWorkflow.from_manifest(manifest, workspace=workspace, path=str(file)).spec
+        spec: Mapping[str, Any] = DesiredWorkflow.from_manifest(
+            manifest, workspace=workspace, path=str(file)
+        ).spec
         label, plain_name = f"{workspace}/{manifest.name}", manifest.name
     else:
         settings = resolve_settings(**flags)

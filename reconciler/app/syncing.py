@@ -10,26 +10,18 @@ others, and transient failures are retried with jittered backoff.
 
 from __future__ import annotations
 
+import gc
 import logging
-import multiprocessing
-import os
 import random
-from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from reconciler.core.backoffs import Backoff
-from reconciler.core.loading import (
-    FileLoad,
-    ManifestSet,
-    combine_files,
-    load_manifest_file,
-    load_repo_config,
-)
+from reconciler.core.loading import load_manifest_file, load_repo_config
 from reconciler.core.names import Revision, WorkflowKey
 from reconciler.core.planning import Action, DeletionPolicy, Plan, allows_prune, make_plan
 from reconciler.core.problems import Problem
@@ -93,7 +85,6 @@ class LoadedSource:
 
     snapshot: Snapshot
     config: RepoConfig
-    manifests: ManifestSet
     errors: tuple[Problem, ...]
     desired: dict[WorkflowKey, DesiredWorkflow]
     changed_paths: tuple[str, ...] | None  # vs the snapshot loaded before; None for the first
@@ -114,70 +105,87 @@ class LoadedSource:
         return info
 
 
-def parse_files(
-    batch: list[tuple[str, bytes, str, dict[str, str], int]],
-) -> list[tuple[FileLoad, list[DesiredWorkflow]]]:
-    """Load, validate and normalize files (runs in worker processes for big batches)."""
-    results = []
-    for path, data, workspace, variables, max_bytes in batch:
-        load = load_manifest_file(
-            path, data, workspace=workspace, variables=variables, max_bytes=max_bytes
-        )
-        desired = [
-            DesiredWorkflow.from_manifest(w.manifest, workspace=w.workspace, path=w.path)
+@dataclass(frozen=True)
+class ParsedFile:
+    """What a sync keeps of one manifest file: its problems and its workflows.
+
+    The validated models are not kept: the normalized spec (as JSON text, inside
+    each ``DesiredWorkflow``) carries everything a plan needs, in a fraction of
+    the memory of 10,000 pydantic models.
+    """
+
+    errors: tuple[Problem, ...]
+    workflows: tuple[tuple[int, DesiredWorkflow], ...]  # (line of its document, workflow)
+
+
+def parse_file(
+    path: str, data: bytes, *, workspace: str, variables: Mapping[str, str], max_bytes: int
+) -> ParsedFile:
+    """Load, validate and normalize one file."""
+    load = load_manifest_file(
+        path, data, workspace=workspace, variables=variables, max_bytes=max_bytes
+    )
+    return ParsedFile(
+        load.errors,
+        tuple(
+            (w.line, DesiredWorkflow.from_manifest(w.manifest, workspace=w.workspace, path=path))
             for w in load.workflows
-        ]
-        results.append((load, desired))
-    return results
+        ),
+    )
+
+
+@contextmanager
+def _cyclic_gc_paused(pause: bool) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a big parse (a cold start).
+
+    Parsing allocates millions of short-lived objects while the results pile up,
+    and every full collection scans all of them: with it running, a 10,000-file
+    parse spent about half its time in the collector. Reference counting still
+    frees everything that is not a cycle; the collector runs again afterwards.
+    """
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class SourceLoader:
-    """Reads snapshots of a source and validates them, parsing only blobs not seen before.
+    """Reads snapshots of a source and validates them, parsing only changed files.
 
-    Parsing a large number of new files (a cold start) is spread over worker
-    processes, one per core; small changes are parsed in-process.
+    Between passes it keeps, per manifest path, the parsed file and its cache key
+    (blob id, path, workspace, variables, size limit), plus the combined result:
+    the desired workflow of every name defined once, the names defined twice and
+    the paths with errors. A pass then costs one comparison of the file lists and
+    work in proportion to the files that changed; a changed repo config or
+    variables (which can change every file's meaning) checks every path again,
+    still parsing only files whose key changed.
+
+    (It replaces a loader that parsed changed blobs but combined every file
+    again on every pass, and parsed big batches in worker processes: the
+    ``yaml_rs`` fast path made one process faster than the pool's start-up,
+    pickling and memory.)
     """
 
-    PARALLEL_FROM = 400  # new files; below this the pool's start-up is not worth it
+    PAUSE_GC_FROM = 200  # files to parse in one pass; see _cyclic_gc_paused
 
-    def __init__(
-        self, source: Source, *, environ: Mapping[str, str], workers: int | None = None
-    ) -> None:
+    def __init__(self, source: Source, *, environ: Mapping[str, str]) -> None:
         self.source = source
         self.environ = environ
         self.parses = 0
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
-        self._cache: dict[_CacheKey, tuple[FileLoad, list[DesiredWorkflow]]] = {}
+        self._context: tuple[RepoConfig, tuple[tuple[str, str], ...]] | None = None
+        self._parsed: dict[str, tuple[_CacheKey, ParsedFile]] = {}  # manifest path -> file
+        self._definers: dict[WorkflowKey, list[tuple[str, int, DesiredWorkflow]]] = {}
+        self._desired: dict[WorkflowKey, DesiredWorkflow] = {}  # names defined exactly once
+        self._twice: set[WorkflowKey] = set()  # names defined more than once
+        self._error_paths: set[str] = set()
         self._previous_files: Mapping[str, str] | None = None
-        self._pool: ProcessPoolExecutor | None = None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-    def _parse(
-        self, batch: list[tuple[str, bytes, str, dict[str, str], int]]
-    ) -> list[tuple[FileLoad, list[DesiredWorkflow]]]:
-        if self.workers < 2 or len(batch) < self.PARALLEL_FROM:
-            return parse_files(batch)
-        if self._pool is None:
-            # spawn, not fork: the daemon has threads, and a forked child could inherit held locks
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        size = max(1, len(batch) // (self.workers * 4))
-        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
-        try:
-            results = [result for part in self._pool.map(parse_files, chunks) for result in part]
-            self.close()  # big batches are rare (a cold start): do not keep idle workers' memory
-            return results
-        except (BrokenProcessPool, RuntimeError, OSError) as exc:
-            # e.g. an embedding script without an ``if __name__ == "__main__"`` guard
-            log.warning("parse workers unavailable (%s); parsing in-process from now on", exc)
-            self.close()
-            self.workers = 1
-            return parse_files(batch)
+        """Nothing to release (kept for callers that close every helper they start)."""
 
     def load_config(self, revision: Revision) -> RepoConfig:
         """Only the repository's config at revision (for a daemon that starts up to date)."""
@@ -191,44 +199,110 @@ class SourceLoader:
         return config, list(errors)
 
     def load(self, revision: Revision) -> LoadedSource:
-        """Read the snapshot and validate every manifest, parsing only changed blobs."""
+        """Read the snapshot and validate every manifest, parsing only changed files."""
         snapshot = self.source.snapshot(revision)
         config, config_errors = self._config(snapshot)
         variables = merge_variables(config.variables, self.environ)
-        variables_key = tuple(sorted(variables.items()))
-        wanted: dict[str, _CacheKey] = {}
-        for path, blob in snapshot.files.items():
-            if config.is_manifest_path(path):
-                workspace = config.workspaces.workspace_for(path)
-                wanted[path] = (
-                    blob,
-                    path,
-                    workspace,
-                    variables_key,
-                    config.limits.max_manifest_bytes,
-                )
-        missing = sorted({key for key in wanted.values() if key not in self._cache})
-        contents = self.source.read_blobs({key[0] for key in missing}) if missing else {}
-        batch = [
-            (path, contents[blob], workspace, variables, max_bytes)
-            for blob, path, workspace, _, max_bytes in missing
-        ]
-        self.parses += len(batch)
-        for key, result in zip(missing, self._parse(batch), strict=True):
-            self._cache[key] = result
-        self._cache = {key: self._cache[key] for key in wanted.values()}
-        manifests = combine_files(self._cache[wanted[path]][0] for path in sorted(wanted))
-        errors = (*config_errors, *snapshot.problems, *manifests.errors)
-        normalized = {d.key: d for key in wanted.values() for d in self._cache[key][1]}
-        desired = {key: normalized[key] for key in manifests.workflows}
+        context = (config, tuple(sorted(variables.items())))
+        files = snapshot.files
         changed = None
         if self._previous_files is not None:
-            before, after = self._previous_files, snapshot.files
+            before = self._previous_files
             changed = tuple(
-                sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+                sorted(p for p in before.keys() | files.keys() if before.get(p) != files.get(p))
             )
-        self._previous_files = snapshot.files
-        return LoadedSource(snapshot, config, manifests, tuple(errors), desired, changed)
+        touched: Iterable[str] = changed or ()
+        if context != self._context or changed is None:
+            # the config may have changed which paths are manifests, their workspaces or
+            # variables: check every path again (only files whose key changed are parsed)
+            self._context = context
+            touched = files.keys() | self._parsed.keys()
+        wanted: dict[str, _CacheKey] = {}
+        gone: list[str] = []
+        for path in touched:
+            blob = files.get(path)
+            if blob is not None and config.is_manifest_path(path):
+                workspace = config.workspaces.workspace_for(path)
+                key = (blob, path, workspace, context[1], config.limits.max_manifest_bytes)
+                held = self._parsed.get(path)
+                if held is None or held[0] != key:
+                    wanted[path] = key
+            elif path in self._parsed:
+                gone.append(path)
+        for path in gone:
+            self._forget(path)
+        contents = self.source.read_blobs({key[0] for key in wanted.values()}) if wanted else {}
+        with _cyclic_gc_paused(len(wanted) >= self.PAUSE_GC_FROM):
+            self._parse(wanted, contents, variables)
+        self._previous_files = files
+        errors = (*config_errors, *snapshot.problems, *self._manifest_errors())
+        return LoadedSource(snapshot, config, tuple(errors), dict(self._desired), changed)
+
+    def _parse(
+        self, wanted: dict[str, _CacheKey], contents: dict[str, bytes], variables: dict[str, str]
+    ) -> None:
+        for path in sorted(wanted):
+            blob, _, workspace, _, max_bytes = key = wanted[path]
+            parsed = parse_file(
+                path,
+                contents[blob],
+                workspace=workspace,
+                variables=variables,
+                max_bytes=max_bytes,
+            )
+            self.parses += 1
+            self._forget(path)
+            self._remember(path, key, parsed)
+
+    # -- the combined result, kept up to date one file at a time ------------------
+
+    def _forget(self, path: str) -> None:
+        held = self._parsed.pop(path, None)
+        if held is None:
+            return
+        self._error_paths.discard(path)
+        for key in {desired.key for _, desired in held[1].workflows}:
+            self._definers[key] = [d for d in self._definers.get(key, []) if d[0] != path]
+            self._recount(key)
+
+    def _remember(self, path: str, key: _CacheKey, parsed: ParsedFile) -> None:
+        self._parsed[path] = (key, parsed)
+        if parsed.errors:
+            self._error_paths.add(path)
+        for line, desired in parsed.workflows:
+            self._definers.setdefault(desired.key, []).append((path, line, desired))
+            self._recount(desired.key)
+
+    def _recount(self, key: WorkflowKey) -> None:
+        definers = self._definers.get(key, [])
+        self._twice.discard(key)
+        self._desired.pop(key, None)
+        if len(definers) == 1:
+            self._desired[key] = definers[0][2]
+        elif definers:
+            self._twice.add(key)
+        else:
+            self._definers.pop(key, None)
+
+    def _manifest_errors(self) -> list[Problem]:
+        """Every file's errors, and each name defined twice (at every place it is)."""
+        errors = [e for path in self._error_paths for e in self._parsed[path][1].errors]
+        for key in self._twice:
+            definers = self._definers[key]
+            places = [f"{path}:{line}" for path, line, _ in definers]
+            for path, line, desired in definers:
+                others = ", ".join(p for p in places if p != f"{path}:{line}")
+                errors.append(
+                    Problem(
+                        path,
+                        line,
+                        1,
+                        "name",
+                        f"workflow {desired.name!r} in workspace {desired.workspace!r} "
+                        f"is also defined at {others}; names must be unique per workspace",
+                    )
+                )
+        return sorted(errors)
 
 
 class Syncer:
@@ -262,7 +336,7 @@ class Syncer:
             self._done_revision = last.revision
 
     def close(self) -> None:
-        """Stop the parse workers, if any were started."""
+        """Release what the loader holds (nothing today; kept for callers)."""
         self.loader.close()
 
     @property

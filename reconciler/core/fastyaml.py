@@ -158,7 +158,7 @@ def _indicator_at_node_start(text: str) -> bool:
     ``echo a && b`` or a cron's ``* * *`` do not: only one after the start of a line,
     ``[``, ``{``, ``,``, or ``:``/``-``/``?`` and a space does.
     """
-    for char in "!&*\"" if "\\" in text else "!&*":
+    for char in '!&*"' if "\\" in text else "!&*":
         index = text.find(char)
         while index != -1:
             before = index - 1

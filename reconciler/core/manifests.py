@@ -317,6 +317,11 @@ def normalized_spec(workflow: Workflow) -> dict[str, Any]:
     return workflow.model_dump(mode="json", by_alias=True)
 
 
+def normalized_spec_json(workflow: Workflow) -> str:
+    """:func:`normalized_spec` as JSON text (compact, keys in model order)."""
+    return workflow.model_dump_json(by_alias=True)
+
+
 def without_nulls(value: Any) -> Any:
     """The data with every null mapping value left out (what a server may drop anyway)."""
     if isinstance(value, dict):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from reconciler.core.manifests import Workflow, normalized_spec
+from reconciler.core.manifests import Workflow, normalized_spec, normalized_spec_json
 from reconciler.core.names import Revision, WorkflowKey
 
 WorkflowState = Literal["creating", "active", "running", "succeeded", "failed", "deleted"]
@@ -23,33 +23,84 @@ WORKFLOW_STATES: tuple[WorkflowState, ...] = (
 )
 
 
+def spec_text(spec: Mapping[str, Any], *, sort_keys: bool = True) -> str:
+    """The JSON of a normalized spec: compact, UTF-8 as is, keys sorted (canonical) or
+    in the manifest's own order.
+
+    Read-only mappings (``MappingProxyType``) are written as objects; anything else
+    that is not JSON raises ``TypeError``.
+    """
+    return json.dumps(
+        spec, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, default=_mapping
+    )
+
+
+def _mapping(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
 def spec_hash(spec: Mapping[str, Any]) -> str:
-    """A stable hash of a normalized spec: sorted keys, compact JSON, sha256."""
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """A stable hash of a normalized spec: sha256 of its canonical JSON."""
+    return _digest(spec)
 
 
-@dataclass(frozen=True)
+def _digest(spec: Mapping[str, Any]) -> str:
+    return hashlib.sha256(spec_text(spec).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredWorkflow:
-    """A Workflow as git wants it: what the planner compares and the backend stores."""
+    """A Workflow as git wants it: what the planner compares and the backend stores.
+
+    The spec is kept as JSON text only (``spec_json``, keys in the manifest's order,
+    as plans show them): a daemon holds one of these for every workflow of the
+    repository between passes, and the text is a fraction of the memory of the
+    decoded data (and what the local store writes). ``spec`` decodes it again on
+    each use; only created and updated workflows need it. ``spec_hash`` is the hash
+    of the canonical (sorted) JSON.
+    """
 
     key: WorkflowKey
     workspace: str
     name: str
     path: str
-    spec: Mapping[str, Any]
+    spec_json: str
     spec_hash: str
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The normalized spec, decoded from ``spec_json`` (a new copy each time)."""
+        spec: dict[str, Any] = json.loads(self.spec_json)
+        return spec
+
+    @classmethod
+    def from_spec(
+        cls,
+        *,
+        key: WorkflowKey,
+        workspace: str,
+        name: str,
+        path: str,
+        spec: Mapping[str, Any],
+        spec_hash: str | None = None,
+    ) -> DesiredWorkflow:
+        """From decoded data; ``spec_hash`` defaults to the hash of the spec."""
+        digest = spec_hash or _digest(spec)
+        return cls(key, workspace, name, path, spec_text(spec, sort_keys=False), digest)
 
     @classmethod
     def from_manifest(cls, workflow: Workflow, *, workspace: str, path: str) -> DesiredWorkflow:
-        spec = normalized_spec(workflow)
+        # pydantic writes the JSON itself (a quarter of the time of json.dumps over
+        # normalized_spec's data; tests/core/test_workflows.py checks they agree)
         return cls(
-            key=WorkflowKey(f"{workspace}/{workflow.name}"),
-            workspace=workspace,
-            name=workflow.name,
-            path=path,
-            spec=spec,
-            spec_hash=spec_hash(spec),
+            WorkflowKey(f"{workspace}/{workflow.name}"),
+            workspace,
+            workflow.name,
+            path,
+            normalized_spec_json(workflow),
+            _digest(normalized_spec(workflow)),
         )
 
 

@@ -237,7 +237,7 @@ def _many(examples_repo: Path, count: int) -> list[DesiredWorkflow]:
         name = f"wf-{index:04d}"
         spec: dict[str, Any] = {**base.spec, "name": name}
         out.append(
-            DesiredWorkflow(
+            DesiredWorkflow.from_spec(
                 key=WorkflowKey(f"public/{name}"),
                 workspace="public",
                 name=name,

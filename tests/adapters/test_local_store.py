@@ -60,7 +60,7 @@ def make_request(
     source: str = "https://git.example/repo.git",
 ) -> WorkflowApply:
     spec = {"name": name, "schedule": "*/5 * * * *"} if spec is None else spec
-    desired = DesiredWorkflow(
+    desired = DesiredWorkflow.from_spec(
         key=WorkflowKey(f"public/{name}"),
         workspace="public",
         name=name,
@@ -230,14 +230,21 @@ def test_apply_creates_an_active_workflow(store: LocalStore, clock: FakeClock) -
     assert store.writes == 1
     with raw(store) as conn:
         stored = conn.execute("SELECT spec_json FROM workflows").fetchone()[0]
-    assert stored == '{"a":{"ü":"ß"},"b":[1,2]}'
+    assert stored == '{"b":[1,2],"a":{"ü":"ß"}}'  # the manifest's order, compact, UTF-8 as is
 
 
 def test_apply_stores_a_read_only_mapping_spec(store: LocalStore) -> None:
     spec = {"steps": MappingProxyType({"x": 1})}
     request = make_request("frozen", spec={"steps": {"x": 1}})
     frozen = WorkflowApply(
-        desired=DesiredWorkflow(**{**request.desired.__dict__, "spec": MappingProxyType(spec)}),
+        desired=DesiredWorkflow.from_spec(
+            key=request.desired.key,
+            workspace=request.desired.workspace,
+            name=request.desired.name,
+            path=request.desired.path,
+            spec=MappingProxyType(spec),
+            spec_hash=request.desired.spec_hash,
+        ),
         source=request.source,
         revision=request.revision,
         owner=request.owner,
@@ -400,6 +407,43 @@ def test_inventory_holds_the_owners_live_workflows(store: LocalStore) -> None:
         "mine",
         "theirs",
     ]
+
+
+def test_inventory_stays_equal_to_the_rows_between_reads(store: LocalStore) -> None:
+    """The inventory is kept between passes: every write must keep it true."""
+
+    def rows() -> dict[WorkflowKey, tuple[str, str]]:
+        found = raw(store).execute(
+            "SELECT key, path, spec_hash FROM workflows WHERE owner = ? AND state != 'deleted'",
+            (OWNER,),
+        )
+        return {WorkflowKey(k): (p, h) for k, p, h in found}
+
+    def seen() -> dict[WorkflowKey, tuple[str, str]]:
+        return {k: (e.path, e.spec_hash) for k, e in store.inventory(owner=OWNER).items()}
+
+    store.apply_many([make_request("a"), make_request("b")])
+    assert seen() == rows()
+    assert len(seen()) == 2
+    store.apply_workflow(make_request("a", spec={"v": 2}, path="moved/a.yaml"))
+    assert seen() == rows()
+    assert seen()[key("a")][0] == "moved/a.yaml"
+    store.delete_workflow(key("b"), owner=OWNER)
+    assert seen() == rows()
+    assert key("b") not in seen()
+    store.apply_workflow(make_request("b"))  # the same row, revived
+    assert seen() == rows()
+    store.apply_workflow(make_request("theirs", owner="reconciler-b"))
+    with pytest.raises(TerminalError, match="reconciler-b"):
+        store.apply_many([make_request("c"), make_request("theirs")])
+    assert seen() == rows()
+    assert key("c") not in seen()
+    other = raw(store)  # another connection commits, as a CLI command would
+    other.execute("UPDATE workflows SET spec_hash = 'changed' WHERE key = ?", (key("a"),))
+    other.commit()
+    assert seen() == rows()
+    assert seen()[key("a")][1] == "changed"
+    assert store.inventory(owner=OWNER)[key("a")].spec == {"v": 2}
 
 
 # -- suspending and states --------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -325,26 +326,50 @@ def test_transient_backend_error_is_retried_with_backoff(world: World) -> None:
     assert delays[1] > delays[0] * 1.2  # exponential, with jitter of at most ±20 %
 
 
-def test_parallel_parsing_gives_the_same_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Big batches are parsed in worker processes; the outcome is identical to in-process."""
+def test_incremental_loads_equal_a_fresh_load_after_every_commit(tmp_path: Path) -> None:
+    """The loader keeps its combined result between passes and updates only changed files;
+    after every kind of change it must equal what a new loader reads from scratch."""
     from reconciler.app.syncing import SourceLoader
 
     remote = Remote(tmp_path)
     remote.copy_examples()
-    remote.write("workflows/bad.yaml", "version: v2alpha\nname: Bad\n")
-    revision = remote.commit("Add a broken one")
-    results = []
-    for workers, threshold in ((1, 400), (2, 1)):
-        monkeypatch.setattr(SourceLoader, "PARALLEL_FROM", threshold)
-        source = GitSource(remote.url, cache_dir=tmp_path / f"cache{workers}")
-        loader = SourceLoader(source, environ={}, workers=workers)
-        try:
-            loaded = loader.load(revision)
-        finally:
-            loader.close()
-        results.append((loaded.desired, [e.render() for e in loaded.errors]))
-    assert results[0] == results[1]
-    assert len(results[0][0]) == 4
-    assert len(results[0][1]) == 3
+
+    def manifest(name: str, description: str = "d") -> str:
+        return (
+            f"version: v2alpha\nname: {name}\ntype: workflow\ndescription: {description}\n"
+            "spec:\n  dag:\n    - name: a\n      spec:\n        stack: container\n"
+            "        stackSpec: {image: alpine:3.20, command: ['true']}\n"
+        )
+
+    steps: list[Callable[[], None]] = [
+        lambda: remote.write("workflows/one.yaml", manifest("one")),
+        lambda: remote.write("workflows/one.yaml", manifest("one", "changed")),
+        lambda: remote.write("workflows/copy.yaml", manifest("one")),  # defined twice
+        lambda: remote.write("workflows/bad.yaml", "version: v2alpha\nname: Bad\n"),
+        lambda: remote.remove("workflows/copy.yaml"),  # defined once again
+        lambda: remote.move("workflows/one.yaml", "workflows/moved/one.yaml"),
+        lambda: remote.write("workflows/bad.yaml", manifest("fixed")),
+        lambda: remote.write("workflows/two.yaml", manifest("two") + "---\n" + manifest("two")),
+        lambda: remote.write(".reconciler.yaml", "variables:\n  SHARED_VOLUME_ID: other\n"),
+        lambda: remote.write("notes.txt", "not a manifest\n"),
+        lambda: remote.write(".reconciler.yaml", "exclude: ['workflows/moved/*']\n"),
+        lambda: remote.remove("workflows/two.yaml"),
+        lambda: remote.remove(".reconciler.yaml"),
+    ]
+    kept = SourceLoader(GitSource(remote.url, cache_dir=tmp_path / "kept"), environ={})
+    first = kept.load(remote.commit("examples"))
+    assert len(first.desired) == 4
+    parses = kept.parses
+    messages: list[str] = []
+    for number, step in enumerate(steps):
+        step()
+        revision = remote.commit(f"step {number}")
+        fresh = SourceLoader(GitSource(remote.url, cache_dir=tmp_path / f"f{number}"), environ={})
+        incremental, scratch = kept.load(revision), fresh.load(revision)
+        assert incremental.desired == scratch.desired, number
+        assert sorted(incremental.desired) == sorted(scratch.desired), number
+        assert incremental.errors == scratch.errors, number
+        messages += [e.message for e in incremental.errors]
+    assert any("is also defined at" in m for m in messages)  # the steps met both kinds
+    assert any("name" in m and "Bad" in m for m in messages)
+    assert kept.parses - parses < fresh.parses * len(steps) // 2  # it did not parse it all again

@@ -16,7 +16,7 @@ def wf(name: str, *, path: str | None = None, cron: str = "0 2 * * *") -> Desire
         "name": name,
         "spec": {"schedule": {"crons": [cron]}, "dag": [{"name": "a", "depends": []}]},
     }
-    return DesiredWorkflow(
+    return DesiredWorkflow.from_spec(
         key=WorkflowKey(f"public/{name}"),
         workspace="public",
         name=name,
