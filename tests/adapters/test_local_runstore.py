@@ -6,12 +6,13 @@ import json
 import pickle
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.local.runstore import StoredSpec
+from reconciler.adapters.local.codecs import from_text, to_text
+from reconciler.adapters.local.runstore import StoredSpec, _maybe_text
 from reconciler.adapters.local.store import LocalStore
 from reconciler.core.names import Revision, RunId
 from reconciler.core.runs import Run, new_run, start_run, step_finished, step_started
@@ -160,3 +161,19 @@ def test_a_stored_spec_that_is_no_json_object_is_an_error() -> None:
         dict(StoredSpec("{", what="spec of workflow public/wf"))
     with pytest.raises(TerminalError, match="spec of workflow public/wf is not a JSON object"):
         len(StoredSpec("[1]", what="spec of workflow public/wf"))
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        T0,
+        T0.replace(microsecond=7),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC),  # strftime does not pad the year: to_text
+        T0.astimezone(timezone(timedelta(hours=2))),  # not UTC: to_text converts it
+    ],
+)
+def test_times_are_written_as_to_text_writes_them(moment: datetime) -> None:
+    assert _maybe_text(moment) == to_text(moment)
+    if moment.year >= 1000:
+        assert from_text(_maybe_text(moment), what="t") == moment
