@@ -16,6 +16,7 @@ from reconciler.core.runs import (
     Run,
     changed_steps,
     fail_run,
+    initial_steps,
     new_run,
     ready_steps,
     request_cancel,
@@ -235,3 +236,51 @@ def test_a_run_pickles_without_its_cache() -> None:
     copy = pickle.loads(pickle.dumps(run))
     assert copy == run
     assert ready_steps(step_finished(copy, "a", exit_code=0, now=T0)) == ["b", "c"]
+
+
+def test_new_run_is_the_run_its_init_makes() -> None:
+    """new_run skips Run's __init__: it must still set every field, as __init__ would."""
+    edges = {"b": ["a"], "a": []}
+    slot = T0 - timedelta(minutes=1)
+    made = new_run(
+        workspace="public",
+        run_id=RunId("wf-1"),
+        name="wf",
+        trigger="schedule",
+        requested_by="scheduler",
+        revision=Revision("r"),
+        spec=spec(edges),
+        spec_hash="h",
+        now=T0,
+        slot=slot,
+    )
+    expected = Run(
+        workspace="public",
+        run_id=RunId("wf-1"),
+        name="wf",
+        trigger="schedule",
+        requested_by="scheduler",
+        revision=Revision("r"),
+        spec=spec(edges),
+        spec_hash="h",
+        created_at=T0,
+        slot=slot,
+        steps=initial_steps(spec(edges)),
+    )
+    assert made == expected
+    assert vars(made) == vars(expected)
+    assert [step.name for step in made.steps] == ["a", "b"]
+    shared = new_run(
+        workspace="public",
+        run_id=RunId("wf-2"),
+        name="wf",
+        trigger="schedule",
+        requested_by="scheduler",
+        revision=Revision("r"),
+        spec=spec(edges),
+        spec_hash="h",
+        now=T0,
+        steps=made.steps,
+    )
+    assert shared.steps is made.steps
+    assert ready_steps(start_run(shared, now=T0)) == ["a"]
