@@ -87,7 +87,10 @@ class Scheduler:
         self.clock = clock
         self.policy = policy
         self.on_created = on_created
-        self._heap: list[tuple[datetime, str]] = []
+        # Thousands of workflows share a slot: a heap of the distinct next slots, and the
+        # workflows due at each (one heap entry per slot, not one per workflow).
+        self._slots: list[datetime] = []
+        self._due_at: dict[datetime, list[WorkflowKey]] = {}
         self._workflows: dict[WorkflowKey, _Scheduled] = {}
         self._stamp: str | None = None
         self._lock = threading.Lock()  # refresh() comes from the sync loop, tick() from ours
@@ -123,10 +126,18 @@ class Scheduler:
                 steps=_once(shared, steps),
             )
         self._workflows = scheduled
-        now = self.clock.now()
         # Everything is due once now: decide() catches up or starts the ledger.
-        self._heap = [(now, key) for key in sorted(self._workflows)]
-        heapq.heapify(self._heap)
+        self._slots, self._due_at = [], {}
+        now = self.clock.now()
+        for key in self._workflows:
+            self._add(now, key)
+
+    def _add(self, slot: datetime, key: WorkflowKey) -> None:
+        keys = self._due_at.get(slot)
+        if keys is None:
+            keys = self._due_at[slot] = []
+            heapq.heappush(self._slots, slot)
+        keys.append(key)
 
     def tick(self) -> tuple[Decided, float]:
         """Handle every due workflow; return what was done and seconds until the next slot."""
@@ -140,11 +151,11 @@ class Scheduler:
             self._refresh()
         now = self.clock.now()
         due: list[_Scheduled] = []
-        while self._heap and self._heap[0][0] <= now:
-            _, key = heapq.heappop(self._heap)
-            workflow = self._workflows.get(WorkflowKey(key))
-            if workflow is not None:
-                due.append(workflow)
+        while self._slots and self._slots[0] <= now:
+            for key in sorted(self._due_at.pop(heapq.heappop(self._slots))):
+                workflow = self._workflows.get(key)
+                if workflow is not None:
+                    due.append(workflow)
         decided = self._schedule(due, now) if due else Decided((), (), ())
         # Thousands of workflows share a few schedules: compute each schedule's next slot once.
         upcoming: dict[_Schedule, datetime | None] = {}
@@ -155,12 +166,12 @@ class Scheduler:
                 upcoming[which] = following[0] if following else None
             slot = upcoming[which]
             if slot is not None:
-                heapq.heappush(self._heap, (slot, workflow.key))
+                self._add(slot, workflow.key)
         if self._stamp is None:  # a workflow changed under this round: reload, decide again
             return decided, 0.0
-        if not self._heap:
+        if not self._slots:
             return decided, MAX_SLEEP.total_seconds()
-        wait = min(self._heap[0][0] - self.clock.now(), MAX_SLEEP).total_seconds()
+        wait = min(self._slots[0] - self.clock.now(), MAX_SLEEP).total_seconds()
         return decided, max(0.0, wait)
 
     def _schedule(self, due: list[_Scheduled], now: datetime) -> Decided:
@@ -194,16 +205,18 @@ class Scheduler:
         ledgers: list[tuple[WorkflowKey, Ledger]] = []
         events: list[tuple[str, str | None, str, str]] = []
         for workflow, decision in decided:
-            spec: Mapping[str, Any] = {}
-            if decision.run or decision.missed:
-                stored = specs.get(workflow.key)
-                if stored is None or stored[0] != workflow.spec_hash:
-                    # Changed or deleted since the last refresh: its ledger stays, and it
-                    # is decided again, with what is stored now, right after a refresh.
-                    log.info("workflow %s changed while being scheduled: reloading", workflow.key)
-                    self._stamp = None
-                    continue
-                spec = stored[1]
+            if not decision.run and not decision.missed:  # a ledger that starts or moves
+                ledgers.append((workflow.key, decision.ledger))
+                self._count_unrecorded(workflow, decision, events)
+                continue
+            stored = specs.get(workflow.key)
+            if stored is None or stored[0] != workflow.spec_hash:
+                # Changed or deleted since the last refresh: its ledger stays, and it
+                # is decided again, with what is stored now, right after a refresh.
+                log.info("workflow %s changed while being scheduled: reloading", workflow.key)
+                self._stamp = None
+                continue
+            spec = stored[1]
             ledgers.append((workflow.key, decision.ledger))
             for slot in decision.missed:
                 run = skipped_run(
@@ -212,15 +225,11 @@ class Scheduler:
                     f"(catch-up policy {self.policy.mode})",
                 )
                 skipped.append(run)
-            if decision.missed_uncounted:
-                events.append(
-                    (
-                        workflow.key,
-                        None,
-                        "SlotsMissed",
-                        f"{decision.missed_uncounted} more slots missed (not recorded one by one)",
-                    )
-                )
+            self._count_unrecorded(workflow, decision, events)
+            if workflow.policy == "Allow":  # the common case: no other run to look at
+                for slot in decision.run:
+                    created.append(self._run_for(workflow, spec, slot, now))
+                continue
             running = active.get(workflow.key, [])
             for slot in decision.run:
                 run = self._run_for(workflow, spec, slot, now)
@@ -244,6 +253,22 @@ class Scheduler:
             self.on_created()
         lags = tuple((now - r.slot).total_seconds() for r in new_runs if r.slot is not None)
         return Decided(new_runs, tuple(r for r in fresh if r.state == "skipped"), lags)
+
+    @staticmethod
+    def _count_unrecorded(
+        workflow: _Scheduled,
+        decision: ScheduleDecision,
+        events: list[tuple[str, str | None, str, str]],
+    ) -> None:
+        if decision.missed_uncounted:
+            events.append(
+                (
+                    workflow.key,
+                    None,
+                    "SlotsMissed",
+                    f"{decision.missed_uncounted} more slots missed (not recorded one by one)",
+                )
+            )
 
     @staticmethod
     def _run_for(
