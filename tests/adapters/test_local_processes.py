@@ -465,6 +465,26 @@ def test_the_step_runs_in_its_directory(tmp_path: Path, path: dict[str, object])
     assert run(make_spec(tmp_path, "./script.sh", **path)) == (0, f"{tmp_path}\n")
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_the_step_reads_nothing_and_holds_only_its_output(
+    tmp_path: Path, path: dict[str, object]
+) -> None:
+    """stdin is /dev/null; stdout and stderr are the log's pipe; no other descriptor leaks."""
+    script = "cat; readlink /proc/$$/fd/0; ls /proc/$$/fd"
+    code, log = run(make_spec(tmp_path, "sh", "-c", script, **path))
+    assert (code, log.split()) == (0, ["/dev/null", "0", "1", "2"])
+
+
+def test_steps_leave_no_descriptor_open(tmp_path: Path) -> None:
+    run(make_spec(tmp_path, "true", log_path=tmp_path / "warm-up"))
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        assert run(make_spec(tmp_path, "echo", "x", log_path=tmp_path / f"{i}.log")) == (0, "x\n")
+    with pytest.raises(StepStartError):
+        start_process(make_spec(tmp_path, "no-such-command-here"))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # --- steps that cannot start ---------------------------------------------------------
 
 

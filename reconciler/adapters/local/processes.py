@@ -133,10 +133,9 @@ class StepProcess:
     output into the log and reaps it, then runs the done callbacks.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], log: _Log) -> None:
-        assert popen.stdout is not None  # stdout=PIPE
+    def __init__(self, popen: subprocess.Popen[bytes], output_fd: int, log: _Log) -> None:
         self._popen = popen
-        self._pipe = popen.stdout
+        self._output_fd = output_fd  # read end of the step's stdout+stderr pipe (ours)
         self._log = log
         self._pidfd: int | None = None
         self._code: int | None = None
@@ -203,9 +202,8 @@ class StepProcess:
     def _watch(self, reactor: _Reactor) -> None:
         """Hand the output pipe and the exit to the reactor (called once, at start)."""
         self._reactor = reactor
-        fd = self._pipe.fileno()
-        os.set_blocking(fd, False)
-        reactor.watch(fd, self._on_output)
+        os.set_blocking(self._output_fd, False)
+        reactor.watch(self._output_fd, self._on_output)
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): a thread reaps
@@ -215,7 +213,7 @@ class StepProcess:
 
     def _on_output(self) -> None:
         try:
-            chunk = os.read(self._pipe.fileno(), READ_CHUNK)
+            chunk = os.read(self._output_fd, READ_CHUNK)
         except BlockingIOError:
             return
         except OSError as error:
@@ -271,8 +269,8 @@ class StepProcess:
         try:
             if self._reactor is not None:
                 self._reactor.stop_draining(self)
-                self._reactor.unwatch(self._pipe.fileno())
-            self._pipe.close()
+                self._reactor.unwatch(self._output_fd)
+            os.close(self._output_fd)
             self._log.close(line)
         finally:
             self._maybe_done()  # whatever failed above, the step ends
@@ -310,15 +308,27 @@ def start_process(spec: ProcessSpec) -> StepProcess:
     user = _user_switch(spec.run_as_user)
     log_fd = _open_log(spec.log_path)
     try:
-        if spec.mounts or spec.memory_limit_bytes is not None or user is not None:
-            popen, report_fd = _spawn_launcher(spec, user)
-        else:
-            popen, report_fd = _spawn_direct(spec), None
+        # The output pipe is made here and its read end kept as a bare descriptor: the
+        # reactor reads it with os.read (the slow path it replaces: stdout=PIPE, which
+        # wraps it in a buffered file object per step, unused).
+        output_read, output_write = os.pipe()  # both close-on-exec in this process
+        try:
+            if spec.mounts or spec.memory_limit_bytes is not None or user is not None:
+                popen, report_fd = _spawn_launcher(spec, user, output_write)
+            else:
+                popen, report_fd = _spawn_direct(spec, output_write), None
+        except BaseException:
+            os.close(output_read)
+            raise
+        finally:
+            os.close(output_write)  # the step holds it now; EOF comes when its group is done
     except BaseException:
         os.close(log_fd)
         raise
     process = StepProcess(
-        popen, _Log(log_fd, limit=spec.log_limit_bytes, redactor=_Redactor(spec.redact))
+        popen,
+        output_read,
+        _Log(log_fd, limit=spec.log_limit_bytes, redactor=_Redactor(spec.redact)),
     )
     process._watch(_reactor())
     if report_fd is not None:
@@ -353,16 +363,16 @@ def _open_log(path: Path) -> int:
         ) from error
 
 
-def _spawn_direct(spec: ProcessSpec) -> subprocess.Popen[bytes]:
+def _spawn_direct(spec: ProcessSpec, output: int) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             spec.argv,
             env=spec.env,
             cwd=spec.cwd,
             start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdin=_devnull(),
+            stdout=output,
+            stderr=output,
         )
     except OSError as error:
         # Popen names the failing path: the working directory, or the command.
@@ -378,7 +388,9 @@ def _spawn_direct(spec: ProcessSpec) -> subprocess.Popen[bytes]:
         ) from error
 
 
-def _spawn_launcher(spec: ProcessSpec, user: int | None) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn_launcher(
+    spec: ProcessSpec, user: int | None, output: int
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start launcher.py; returns it and the read end of its report pipe."""
     report_read, report_write = os.pipe()  # both close-on-exec in this process
     config = {
@@ -401,9 +413,9 @@ def _spawn_launcher(spec: ProcessSpec, user: int | None) -> tuple[subprocess.Pop
             [sys.executable, "-I", "-S", str(LAUNCHER), launcher.encode(config), *spec.argv],
             env=spec.env,  # secrets travel in the environment, never in argv
             start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdin=_devnull(),
+            stdout=output,
+            stderr=output,
             pass_fds=(report_write,),
         )
     except OSError as error:
@@ -414,6 +426,21 @@ def _spawn_launcher(spec: ProcessSpec, user: int | None) -> tuple[subprocess.Pop
     finally:
         os.close(report_write)
     return popen, report_read
+
+
+_DEVNULL: int | None = None
+_DEVNULL_LOCK = threading.Lock()
+
+
+def _devnull() -> int:
+    """/dev/null, opened once for every step's stdin (the slow path it replaces:
+    stdin=DEVNULL, which opens and closes it again for each step)."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        with _DEVNULL_LOCK:
+            if _DEVNULL is None:
+                _DEVNULL = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL
 
 
 def _read_report(report_fd: int) -> LaunchFailure | None:
