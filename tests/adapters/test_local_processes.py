@@ -470,7 +470,7 @@ def test_the_step_reads_nothing_and_holds_only_its_output(
     tmp_path: Path, path: dict[str, object]
 ) -> None:
     """stdin is /dev/null; stdout and stderr are the log's pipe; no other descriptor leaks."""
-    script = "cat; readlink /proc/$$/fd/0; ls /proc/$$/fd"
+    script = "cat; echo dropped >&0; readlink /proc/$$/fd/0; ls /proc/$$/fd"
     code, log = run(make_spec(tmp_path, "sh", "-c", script, **path))
     assert (code, log.split()) == (0, ["/dev/null", "0", "1", "2"])
 
