@@ -19,6 +19,7 @@ from reconciler.core.names import Revision, RunId, WorkflowKey
 from reconciler.core.problems import Problem
 from reconciler.core.projections import StepEnvironment
 from reconciler.core.runs import Run, RunState
+from reconciler.core.schedules import ScheduledWorkflow
 from reconciler.core.signing import CommitCheck
 from reconciler.core.slots import Ledger
 from reconciler.core.syncs import SyncRecord
@@ -281,6 +282,14 @@ class RunBackend(Backend, Protocol):
     def set_suspended(self, key: WorkflowKey, suspended: bool) -> AppliedWorkflow: ...
 
     def set_state(self, key: WorkflowKey, state: WorkflowState) -> AppliedWorkflow: ...
+
+    def scheduled_workflows(self) -> list[ScheduledWorkflow]:
+        """Every workflow with a schedule, neither suspended nor deleted, by key.
+
+        As the scheduler keeps them: schedules, no specs (the backend decodes
+        one spec at a time, never all of them at once).
+        """
+        ...
 
     def workflow_specs(
         self, keys: Sequence[WorkflowKey]

@@ -21,10 +21,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from reconciler.core.names import Revision, RunId, WorkflowKey
-from reconciler.core.runs import Run, StepRun, initial_steps, new_run, skipped_run
+from reconciler.core.names import RunId, WorkflowKey
+from reconciler.core.runs import Run, StepRun, dag_steps, new_run, skipped_run
+from reconciler.core.schedules import DagShape, ScheduledWorkflow
 from reconciler.core.slots import (
     CatchUpPolicy,
     Ledger,
@@ -39,7 +40,6 @@ from reconciler.ports import Clock, RunBackend
 
 log = logging.getLogger(__name__)
 MAX_SLEEP = timedelta(seconds=30)  # re-check at least this often (clock jumps, changes)
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -52,26 +52,6 @@ class Decided:
 
 
 _Schedule = tuple[tuple[str, ...], str]  # (crons, time zone)
-
-
-@dataclass(frozen=True, slots=True)
-class _Scheduled:
-    """What the scheduler keeps of a scheduled workflow: its schedule and what its runs name.
-
-    Not its spec (10,000 decoded specs weigh over 100 MB): a run gets it from the
-    backend when it is created (``workflow_specs``), checked against ``spec_hash``,
-    the spec that ``schedule``, ``policy`` and ``steps`` were read from.
-    """
-
-    key: WorkflowKey
-    workspace: str
-    name: str
-    revision: Revision
-    spec_hash: str
-    created_at: datetime
-    schedule: _Schedule  # one object per distinct schedule
-    policy: str  # concurrencyPolicy: Allow, Forbid or Replace
-    steps: tuple[StepRun, ...]  # a new run's steps; one object per distinct DAG shape
 
 
 class Scheduler:
@@ -91,7 +71,8 @@ class Scheduler:
         # workflows due at each (one heap entry per slot, not one per workflow).
         self._slots: list[datetime] = []
         self._due_at: dict[datetime, list[WorkflowKey]] = {}
-        self._workflows: dict[WorkflowKey, _Scheduled] = {}
+        self._workflows: dict[WorkflowKey, ScheduledWorkflow] = {}
+        self._steps: dict[DagShape, tuple[StepRun, ...]] = {}  # a new run's, per DAG shape
         self._stamp: str | None = None
         self._lock = threading.Lock()  # refresh() comes from the sync loop, tick() from ours
 
@@ -102,30 +83,8 @@ class Scheduler:
 
     def _refresh(self) -> None:
         self._stamp = self.backend.workflows_stamp()
-        shared: dict[Any, Any] = {}  # equal schedules, step lists, revisions: kept once
-        previous = self._workflows
-        scheduled: dict[WorkflowKey, _Scheduled] = {}
-        for workflow in self.backend.all_workflows():
-            schedule = workflow.spec["spec"].get("schedule")
-            if not schedule or workflow.suspended:
-                continue
-            known = previous.get(workflow.key)
-            if known is not None and known.spec_hash == workflow.spec_hash:
-                steps = known.steps  # the same spec: no DAG to order again
-            else:
-                steps = initial_steps(workflow.spec)
-            scheduled[workflow.key] = _Scheduled(
-                key=workflow.key,
-                workspace=_once(shared, workflow.workspace),
-                name=workflow.name,
-                revision=_once(shared, workflow.revision),
-                spec_hash=workflow.spec_hash,
-                created_at=workflow.created_at,
-                schedule=_once(shared, (tuple(schedule["crons"]), str(schedule["timezone"]))),
-                policy=_once(shared, str(schedule.get("concurrencyPolicy", "Allow"))),
-                steps=_once(shared, steps),
-            )
-        self._workflows = scheduled
+        self._workflows = {w.key: w for w in self.backend.scheduled_workflows()}
+        self._steps = {}
         # Everything is due once now: decide() catches up or starts the ledger.
         self._slots, self._due_at = [], {}
         now = self.clock.now()
@@ -150,7 +109,7 @@ class Scheduler:
         if self.backend.workflows_stamp() != self._stamp:
             self._refresh()
         now = self.clock.now()
-        due: list[_Scheduled] = []
+        due: list[ScheduledWorkflow] = []
         while self._slots and self._slots[0] <= now:
             for key in sorted(self._due_at.pop(heapq.heappop(self._slots))):
                 workflow = self._workflows.get(key)
@@ -160,7 +119,7 @@ class Scheduler:
         # Thousands of workflows share a few schedules: compute each schedule's next slot once.
         upcoming: dict[_Schedule, datetime | None] = {}
         for workflow in due:
-            which = workflow.schedule
+            which = (workflow.crons, workflow.timezone)
             if which not in upcoming:
                 following = next_fire_times(which[0], which[1], after=now, count=1)
                 upcoming[which] = following[0] if following else None
@@ -174,23 +133,23 @@ class Scheduler:
         wait = min(self._slots[0] - self.clock.now(), MAX_SLEEP).total_seconds()
         return decided, max(0.0, wait)
 
-    def _schedule(self, due: list[_Scheduled], now: datetime) -> Decided:
+    def _schedule(self, due: list[ScheduledWorkflow], now: datetime) -> Decided:
         active: dict[str, list[Run]] = {}
         if any(w.policy != "Allow" for w in due):  # only Forbid and Replace look at them
             for run in self.backend.active_runs():
                 active.setdefault(run.key, []).append(run)
         # decide() is pure and workflows share schedules and ledgers: decide each once.
         decisions: dict[tuple[object, ...], ScheduleDecision] = {}
-        decided: list[tuple[_Scheduled, ScheduleDecision]] = []
+        decided: list[tuple[ScheduledWorkflow, ScheduleDecision]] = []
         stored_ledgers = self.backend.get_ledgers([w.key for w in due])  # one read, not one each
         for workflow in due:
             ledger = stored_ledgers.get(workflow.key)
-            crons, timezone = workflow.schedule
+            crons, timezone = workflow.crons, workflow.timezone
             start = workflow.created_at
             # The ledger's fields, not the Ledger: a dataclass hashes in Python, per workflow.
-            which: tuple[object, ...] = (workflow.schedule, start)
+            which: tuple[object, ...] = (crons, timezone, start)
             if ledger is not None:
-                which = (workflow.schedule, ledger.last_slot, ledger.schedule_hash)
+                which = (crons, timezone, ledger.last_slot, ledger.schedule_hash)
             decision = decisions.get(which)
             if decision is None:
                 decision = decide(
@@ -256,7 +215,7 @@ class Scheduler:
 
     @staticmethod
     def _count_unrecorded(
-        workflow: _Scheduled,
+        workflow: ScheduledWorkflow,
         decision: ScheduleDecision,
         events: list[tuple[str, str | None, str, str]],
     ) -> None:
@@ -270,10 +229,12 @@ class Scheduler:
                 )
             )
 
-    @staticmethod
     def _run_for(
-        workflow: _Scheduled, spec: Mapping[str, Any], slot: datetime, now: datetime
+        self, workflow: ScheduledWorkflow, spec: Mapping[str, Any], slot: datetime, now: datetime
     ) -> Run:
+        steps = self._steps.get(workflow.dag)
+        if steps is None:  # ordered once per DAG shape, not once per run
+            steps = self._steps[workflow.dag] = dag_steps(workflow.dag)
         return new_run(
             workspace=workflow.workspace,
             run_id=RunId(slot_run_id(workflow.name, slot)),
@@ -285,14 +246,8 @@ class Scheduler:
             spec_hash=workflow.spec_hash,
             now=now,
             slot=slot,
-            steps=workflow.steps,
+            steps=steps,
         )
-
-
-def _once(shared: dict[Any, Any], value: _T) -> _T:
-    """``value``, or an equal one met before: equal values share one object."""
-    found: _T = shared.setdefault(value, value)
-    return found
 
 
 def resume_from_now(backend: RunBackend, workflow: AppliedWorkflow, *, now: datetime) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime
 from itertools import compress
@@ -176,7 +176,12 @@ def new_run(
 def initial_steps(spec: Mapping[str, Any]) -> tuple[StepRun, ...]:
     """A new run's steps: one pending step per DAG node, in a dependency-respecting order."""
     dag = spec["spec"]["dag"]
-    depends = {str(s["name"]): tuple(str(d) for d in s.get("depends") or ()) for s in dag}
+    return dag_steps((str(s["name"]), tuple(str(d) for d in s.get("depends") or ())) for s in dag)
+
+
+def dag_steps(dag: Iterable[tuple[str, tuple[str, ...]]]) -> tuple[StepRun, ...]:
+    """``initial_steps`` of a DAG given as (step, the steps it depends on) pairs."""
+    depends = dict(dag)
     return tuple(StepRun(name, depends[name]) for name in topological_order(depends))
 
 

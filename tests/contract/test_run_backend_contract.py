@@ -157,6 +157,34 @@ def test_a_run_is_kept_field_for_field(
     assert stored(backend, later) == later
 
 
+def test_scheduled_workflows_are_the_live_ones_with_a_schedule(
+    backend: RunBackend, nightly: DesiredWorkflow, weekly: DesiredWorkflow
+) -> None:
+    elsewhere = apply(backend, "nightly", workspace="team-a")
+    unscheduled = desired("manual-only", cron=None)
+    backend.apply_workflow(replace(request("manual-only"), desired=unscheduled))
+    apply(backend, "paused")
+    backend.set_suspended(key("paused"), True)
+    apply(backend, "gone")
+    backend.delete_workflow(key("gone"), owner=OWNER)
+    listed = backend.scheduled_workflows()
+    assert [w.key for w in listed] == sorted([nightly.key, weekly.key, elsewhere.key])
+    for scheduled in listed:
+        applied = backend.get_workflow(scheduled.key)
+        assert applied is not None
+        assert (scheduled.workspace, scheduled.name) == (applied.workspace, applied.name)
+        assert (scheduled.revision, scheduled.spec_hash) == (applied.revision, applied.spec_hash)
+        assert scheduled.created_at == applied.created_at
+        assert (scheduled.crons, scheduled.timezone) == (("*/5 * * * *",), "Europe/Berlin")
+        assert scheduled.policy == "Allow"
+        assert scheduled.dag == (("fetch", ()), ("build", ("fetch",)), ("publish", ("build",)))
+    # Equal schedules and DAG shapes are one object each, whatever the number of workflows.
+    assert listed[0].crons is listed[1].crons
+    assert listed[0].dag is listed[2].dag
+    backend.set_suspended(key("paused"), False)
+    assert key("paused") in {w.key for w in backend.scheduled_workflows()}
+
+
 def test_workflow_specs_of_the_workflows_that_exist(
     backend: RunBackend, nightly: DesiredWorkflow, elsewhere: DesiredWorkflow
 ) -> None:

@@ -80,6 +80,7 @@ from reconciler.adapters.kubernetes.objects import (
 )
 from reconciler.core.names import RunId, WorkflowKey
 from reconciler.core.runs import Run, RunState, new_run, skipped_run
+from reconciler.core.schedules import ScheduledWorkflow, scheduled_workflow
 from reconciler.core.slots import Ledger, next_fire_times
 from reconciler.core.syncs import SyncRecord
 from reconciler.core.workflows import (
@@ -444,6 +445,28 @@ class KubernetesBackend:
         """
         parts = sorted(_stamp_part(obj) for obj in self._managed())
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+    def scheduled_workflows(self) -> list[ScheduledWorkflow]:
+        """From the watch's cache while watching (no request), else one list."""
+        shared: dict[Any, Any] = {}
+        found: list[ScheduledWorkflow] = []
+        for obj in self._managed():
+            if (obj.get("spec") or {}).get("suspend"):
+                continue
+            workflow = applied_from_object(obj)  # one manifest copy at a time
+            scheduled = scheduled_workflow(
+                key=workflow.key,
+                workspace=workflow.workspace,
+                name=workflow.name,
+                revision=workflow.revision,
+                spec_hash=workflow.spec_hash,
+                created_at=workflow.created_at,
+                spec=workflow.spec,
+                shared=shared,
+            )
+            if scheduled is not None:
+                found.append(scheduled)
+        return sorted(found, key=lambda w: w.key)
 
     def workflow_specs(
         self, keys: Sequence[WorkflowKey]
