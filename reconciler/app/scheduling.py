@@ -1,16 +1,18 @@
 """The scheduler: creates each scheduled run exactly once, at its slot.
 
-A heap holds every scheduled workflow's next slot; the loop sleeps until the
-earliest one. When a slot is due, ``slots.decide`` says which slots to run
-and which to record as missed (the catch-up policy), ``concurrencyPolicy``
-is applied against the runs active now, and the runs and the new ledger are
-stored in one transaction. Run ids come from the slot, so a second
+A heap holds the next slots of the scheduled workflows (each distinct slot
+once, with the workflows due at it); the loop sleeps until the earliest one.
+When a slot is due, ``slots.decide`` says which slots to run and which to
+record as missed (the catch-up policy), ``concurrencyPolicy`` is applied
+against the runs active now, and the runs and the new ledger are stored in
+one transaction. Run ids come from the slot, so a second
 scheduler, a retry or a restart that decides the same slot again creates
 nothing. Suspended workflows are not scheduled; resuming starts from now.
 
-The scheduler keeps a workflow's schedule and a few fields, not its spec: the
-runs of a round copy their specs from one read of the backend, and a workflow
-whose spec changed since the last refresh is decided again after the next.
+The scheduler keeps a workflow's schedule and a few fields
+(``ScheduledWorkflow``), not its spec: the runs of a round copy their specs
+from one read of the backend, and a workflow whose spec changed since the
+last refresh is decided again right after the next.
 """
 
 from __future__ import annotations
