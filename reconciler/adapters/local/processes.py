@@ -303,10 +303,18 @@ class StepProcess:
             self._close_log()
 
 
-def start_process(spec: ProcessSpec) -> StepProcess:
-    """Start the step; raises StepStartError when it cannot start at all."""
+def start_process(
+    spec: ProcessSpec, *, made_log: Callable[[Path], int | None] | None = None
+) -> StepProcess:
+    """Start the step; raises StepStartError when it cannot start at all.
+
+    made_log: gives a log file made ahead at that path (new, empty, open for
+    writing), or None; the log is then created here.
+    """
     user = _user_switch(spec.run_as_user)
-    log_fd = _open_log(spec.log_path)
+    log_fd = made_log(spec.log_path) if made_log is not None else None
+    if log_fd is None:
+        log_fd = _open_log(spec.log_path)
     try:
         # The output pipe is made here and its read end kept as a bare descriptor: the
         # reactor reads it with os.read (the slow path it replaces: stdout=PIPE, which
