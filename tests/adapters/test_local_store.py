@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from reconciler.adapters.local import store as store_module
+from reconciler.adapters.local.checkpoints import SAFETY_NET_PAGES
 from reconciler.adapters.local.store import (
     MIGRATIONS,
     SYNC_RETENTION,
@@ -687,3 +689,23 @@ def test_closed_store_raises_terminal(state_dir: Path, clock: FakeClock) -> None
     store.close()  # closing twice is fine
     with pytest.raises(TerminalError, match="closed"):
         store.get_workflow(key("wf"))
+
+
+# -- checkpoints ---------------------------------------------------------------
+
+
+def test_checkpoints_run_on_their_own_thread_not_in_the_commit(store: LocalStore) -> None:
+    conn = store._conn  # the pragma of the store's own connection
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == SAFETY_NET_PAGES
+    checkpointer = store._checkpointer
+    checkpointer.threshold = 1  # any log wakes it
+    store.apply_many([make_request(f"wf-{n}") for n in range(50)])
+    deadline = time.monotonic() + 30
+    while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpointer.checkpoints >= 1
+    with raw(store) as other:  # the log was copied into the database file
+        assert other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    store.close()
+    assert checkpointer._thread is not None
+    assert not checkpointer._thread.is_alive()

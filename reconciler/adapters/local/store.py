@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, cast, get_args
 
+from reconciler.adapters.local.checkpoints import SAFETY_NET_PAGES, Checkpointer
 from reconciler.adapters.local.codecs import Transaction, dump_json, from_text, load_json, to_text
 from reconciler.adapters.local.runstore import RunsMixin
 from reconciler.core.names import Revision, WorkflowKey
@@ -244,6 +245,7 @@ class LocalStore(RunsMixin):
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
         self._closed = False
+        self._checkpointer = Checkpointer(self.path)
         _make_state_dir(state_dir)
         with self._sqlite_errors("open the state database"):
             self._conn = sqlite3.connect(
@@ -270,6 +272,7 @@ class LocalStore(RunsMixin):
             if self._closed:
                 return
             self._closed = True
+            self._checkpointer.close()
             with self._sqlite_errors("close the state database"):
                 self._conn.close()
 
@@ -551,6 +554,8 @@ class LocalStore(RunsMixin):
                 f"stays {mode!r}); put the state directory on a local filesystem"
             )
         conn.execute("PRAGMA synchronous = NORMAL")
+        # checkpoints run on the Checkpointer's thread; this is only its safety net
+        conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
         conn.execute("PRAGMA foreign_keys = ON")
 
     def _migrate(self) -> tuple[int, ...]:
@@ -621,6 +626,8 @@ class LocalStore(RunsMixin):
                 except sqlite3.Error as rollback_error:
                     exc.add_note(f"rolling back also failed: {rollback_error}")
             raise
+        if txn.wrote:
+            self._checkpointer.poke()
         if txn.wrote and counted:
             self.writes += 1
 
