@@ -146,6 +146,21 @@ def test_spares_pause_while_directories_are_fast_and_resume(
         made.close()
 
 
+def test_the_first_start_removes_spares_a_dead_daemon_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "SPARES_FROM", float("inf"))  # a fast disk: no spares
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state = tmp_path / "state"
+    (state / "runs" / f".spare-{dead.pid}-1" / "7").mkdir(parents=True)
+    store = LocalStore(state, clock=SystemClock())
+    create_run(store, chain_manifest(1), "chain-1")
+    runner = LocalStepRunner(state, secrets=SecretStore(state), clock=SystemClock())
+    run_all(Executor(store, runner, clock=SystemClock()))
+    assert spare_holders(state / "runs") == []
+
+
 @pytest.mark.parametrize("slow", [True, False], ids=["slow-disk", "fast-disk"])
 def test_a_chain_through_the_runner_leaves_its_steps_and_no_spare(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool

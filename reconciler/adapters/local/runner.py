@@ -83,6 +83,7 @@ class LocalStepRunner:
         self._lock = threading.Lock()
         self._spares: _Spares | None = None  # started once new directories prove slow
         self._mkdir_cost = 0.0  # CPU seconds per new step directory, a moving average
+        self._started_any = False
 
     # -- StepRunner --------------------------------------------------------------
 
@@ -105,6 +106,9 @@ class LocalStepRunner:
         redact: set[str] = set()
         if launch.environment.variables:
             env.update(self._render(launch, redact))
+        if not self._started_any:  # spares a daemon killed on a slow disk left behind
+            self._started_any = True
+            _remove_dead_spares(self.state_dir / "runs")
         spares = self._spares
         if spares is not None and spares.pid != os.getpid():  # a forked child's: its parent's
             spares = None
@@ -277,7 +281,7 @@ class _Spares:
     only once new step directories cost SPARES_FROM of CPU time on average, and
     the thread pauses once its own cost falls under SPARES_UNTIL, until the
     runner finds the starts slow again. The spares are removed when the process
-    exits; those of a process that died are removed by the next one to start them.
+    exits; those of a process that died, by the first start of the next runner.
     """
 
     _numbers = itertools.count(1)
