@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from reconciler.core.redaction import LiveRedactor
+
 LogFormat = Literal["auto", "json", "text"]
 CONTEXT_FIELDS = ("workflow", "run", "step")
 # Attributes every LogRecord has; anything else came from ``extra``.
@@ -59,20 +61,21 @@ class JsonFormatter(logging.Formatter):
         self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        redact = _for_one_record(self.redact)
         document: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": self.redact(record.getMessage()),
+            "message": redact(record.getMessage()),
         }
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
-            document[name] = None if value is None else self.redact(str(value))
+            document[name] = None if value is None else redact(str(value))
         for name, value in record.__dict__.items():
             if name not in _STANDARD and name not in CONTEXT_FIELDS and not name.startswith("_"):
-                document[name] = _clean(value, self.redact)
+                document[name] = _clean(value, redact)
         if record.exc_info:
-            document["exception"] = self.redact(self.formatException(record.exc_info))
+            document["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(document, default=str)
 
 
@@ -85,6 +88,12 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         where = [f"{n}={getattr(record, n)}" for n in CONTEXT_FIELDS if getattr(record, n, None)]
         return self.redact(f"{text} [{' '.join(where)}]" if where else text)
+
+
+def _for_one_record(redact: Callable[[str], str]) -> Callable[[str], str]:
+    """The redactor for one record's fields: a live one checks its secret store once per
+    record rather than once per field (``LiveRedactor.snapshot``)."""
+    return redact.snapshot() if isinstance(redact, LiveRedactor) else redact
 
 
 def _clean(value: Any, redact: Callable[[str], str]) -> Any:

@@ -58,10 +58,19 @@ class LiveRedactor(Redactor):
         super().__init__(values())
 
     def __call__(self, text: str) -> str:
+        self.snapshot()
+        return super().__call__(text)
+
+    def snapshot(self) -> Redactor:
+        """A Redactor of the values known now, checking the stamp once: for a caller that
+        redacts many strings in one go (a log record's fields), where checking before
+        each string would read the secret store's stamp once per field."""
         current = self._stamp()
         if current != self._seen:
             self._refresh(current)
-        return super().__call__(text)
+        frozen = Redactor()
+        frozen._known = self._known
+        return frozen
 
     def _refresh(self, current: object) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ partial copy counts as much as the exact value.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -511,3 +512,34 @@ def test_a_secret_set_while_running_is_redacted_at_once(tmp_path: Path) -> None:
     assert redact("rotated-value-9012 first-value-1234") == "[REDACTED] first-value-1234"
     store.delete("late")
     assert redact("late-value-5678") == "late-value-5678"
+
+
+def test_json_log_records_check_the_secret_store_once_each(tmp_path: Path) -> None:
+    """A record's fields share one look at the store, and the next record sees a new secret."""
+    from reconciler.app.logs import JsonFormatter
+
+    store = SecretStore(tmp_path)
+    store.set("first", {"KEY": "first-value-1234"})
+    stamps: list[object] = []
+
+    def stamp() -> object:
+        stamps.append(store.stamp())
+        return stamps[-1]
+
+    formatter = JsonFormatter(LiveRedactor(lambda: all_secret_values(store), stamp=stamp))
+
+    def record(message: str) -> dict[str, object]:
+        entry = logging.LogRecord("t", logging.INFO, __file__, 1, message, None, None)
+        entry.workflow, entry.run, entry.step = "public/a", "first-value-1234", "s"
+        entry.detail = {"value": "late-value-5678"}
+        return dict(json.loads(formatter.format(entry)))
+
+    stamps.clear()
+    first = record("first-value-1234 and late-value-5678")
+    assert len(stamps) == 1
+    assert first["message"] == "[REDACTED] and late-value-5678"
+    assert first["run"] == "[REDACTED]"
+    store.set("late", {"KEY": "late-value-5678"})
+    second = record("late-value-5678")
+    assert second["message"] == "[REDACTED]"
+    assert second["detail"] == {"value": "[REDACTED]"}
