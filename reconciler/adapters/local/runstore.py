@@ -155,14 +155,13 @@ class RunsMixin:
             by_workspace.setdefault(run.workspace, []).append(run.run_id)
         existing: set[tuple[str, str]] = set()
         for workspace, run_ids in by_workspace.items():
-            for start in range(0, len(run_ids), 500):
-                chunk = run_ids[start : start + 500]
-                rows = txn.conn.execute(
-                    "SELECT run_id FROM runs WHERE workspace = ? AND run_id IN "
-                    f"({', '.join('?' for _ in chunk)})",
-                    [workspace, *chunk],
-                ).fetchall()
-                existing.update((workspace, row[0]) for row in rows)
+            rows = _select_in(
+                txn.conn,
+                "SELECT run_id FROM runs WHERE workspace = ? AND run_id IN",
+                run_ids,
+                before=[workspace],
+            )
+            existing.update((workspace, row[0]) for row in rows)
         return existing
 
     def scheduled_workflows(self) -> list[ScheduledWorkflow]:
@@ -204,16 +203,15 @@ class RunsMixin:
         """
         found: dict[WorkflowKey, tuple[str, Mapping[str, Any]]] = {}
         with self._lock, self._sqlite_errors("read workflow specs"):
-            for start in range(0, len(keys), 500):
-                chunk = [str(k) for k in keys[start : start + 500]]
-                rows = self._conn.execute(
-                    "SELECT key, spec_hash, spec_json FROM workflows WHERE state != 'deleted' "
-                    f"AND key IN ({', '.join('?' for _ in chunk)})",
-                    chunk,
-                ).fetchall()
-                for key, spec_hash, spec_json in rows:
-                    spec = StoredSpec(spec_json, what=f"spec of workflow {key}")
-                    found[WorkflowKey(key)] = (spec_hash, spec)
+            rows = _select_in(
+                self._conn,
+                "SELECT key, spec_hash, spec_json FROM workflows WHERE state != 'deleted' "
+                "AND key IN",
+                [str(k) for k in keys],
+            )
+            for key, spec_hash, spec_json in rows:
+                spec = StoredSpec(spec_json, what=f"spec of workflow {key}")
+                found[WorkflowKey(key)] = (spec_hash, spec)
         return found
 
     def get_ledgers(self, keys: Sequence[WorkflowKey]) -> dict[WorkflowKey, Ledger]:
@@ -221,20 +219,18 @@ class RunsMixin:
         found: dict[WorkflowKey, Ledger] = {}
         parsed: dict[tuple[str, str], Ledger] = {}
         with self._lock, self._sqlite_errors("read schedule ledgers"):
-            for start in range(0, len(keys), 500):
-                chunk = [str(k) for k in keys[start : start + 500]]
-                rows = self._conn.execute(
-                    "SELECT key, last_slot, schedule_hash FROM schedule_ledger WHERE key IN "
-                    f"({', '.join('?' for _ in chunk)})",
-                    chunk,
-                ).fetchall()
-                for key, last_slot, digest in rows:
-                    # Workflows on one schedule share their ledger: parse each once.
-                    ledger = parsed.get((last_slot, digest))
-                    if ledger is None:
-                        ledger = Ledger(from_text(last_slot, what=f"ledger of {key}"), digest)
-                        parsed[last_slot, digest] = ledger
-                    found[WorkflowKey(key)] = ledger
+            rows = _select_in(
+                self._conn,
+                "SELECT key, last_slot, schedule_hash FROM schedule_ledger WHERE key IN",
+                [str(k) for k in keys],
+            )
+            for key, last_slot, digest in rows:
+                # Workflows on one schedule share their ledger: parse each once.
+                ledger = parsed.get((last_slot, digest))
+                if ledger is None:
+                    ledger = Ledger(from_text(last_slot, what=f"ledger of {key}"), digest)
+                    parsed[last_slot, digest] = ledger
+                found[WorkflowKey(key)] = ledger
         return found
 
     # -- updating -----------------------------------------------------------
@@ -593,3 +589,19 @@ def _maybe_text(moment: datetime | None) -> str | None:
 
 def _maybe_time(text: object, *, what: str) -> datetime | None:
     return None if text is None else from_text(text, what=what)
+
+
+_IN_CHUNK = 500  # values per "IN (...)": well under SQLite's limit on bound parameters
+
+
+def _select_in(
+    conn: sqlite3.Connection, query: str, values: Sequence[str], *, before: Sequence[object] = ()
+) -> list[Any]:
+    """The rows of ``query`` (ending in ``IN``) for every value, ``_IN_CHUNK`` values a query;
+    ``before`` binds the parameters that come ahead of the list."""
+    rows: list[Any] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        rows += conn.execute(f"{query} ({marks})", [*before, *chunk]).fetchall()
+    return rows
